@@ -1,0 +1,18 @@
+"""llmbrick over Server-Sent Events: ``POST /chat/completions`` on Litestar."""
+
+from __future__ import annotations
+
+try:
+    import litestar  # noqa: F401
+    import orjson  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): "
+        "pip install 'llmbrick[sse]'"
+    ) from exc
+
+from .codec import encode_event, error_body, status_for
+from .server import SSEServer, create_router
+
+__all__ = ["SSEServer", "create_router", "encode_event", "error_body", "status_for"]

@@ -1,0 +1,133 @@
+"""``Pipeline``: bricks chained into a flow, type-checked when assembled."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, cast
+
+from pydantic import BaseModel
+
+from ..errors import PipelineTypeError
+from ..events import Event
+from ..requests import ChatRequest
+from .base import Brick
+from .models import TextChunk
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """An ordered chain of bricks that is itself a flow.
+
+    ``add_brick`` checks that each brick accepts what the previous step
+    produces and fails at assembly time, naming both sides. Once a brick
+    streams, each later brick runs once per streamed item. What comes out of
+    the last brick becomes events: a :class:`TextChunk` becomes a ``text``
+    event, any other model a ``data`` event carrying its fields.
+
+    Args:
+        request_model: what the pipeline receives; the default is ``ChatRequest``.
+        description: shown in flow listings.
+    """
+
+    def __init__(
+        self,
+        *,
+        request_model: type[BaseModel] = ChatRequest,
+        description: str = "",
+    ) -> None:
+        self.request_model = request_model
+        self.description = description
+        self._bricks: list[Brick[Any, Any]] = []
+        self._carried: type[BaseModel] = request_model
+
+    def __repr__(self) -> str:
+        names = " -> ".join(brick.name for brick in self._bricks) or "(empty)"
+        return f"<Pipeline {names}>"
+
+    @property
+    def bricks(self) -> tuple[Brick[Any, Any], ...]:
+        """The bricks, in order."""
+        return tuple(self._bricks)
+
+    @property
+    def output_model(self) -> type[BaseModel]:
+        """What the last brick hands out."""
+        return self._carried
+
+    def add_brick(self, brick: Brick[Any, Any]) -> Pipeline:
+        """Append ``brick`` after checking it accepts the previous step's output.
+
+        Raises:
+            PipelineTypeError: the types do not fit, or ``brick`` is not a Brick.
+        """
+        if not isinstance(brick, Brick):
+            raise PipelineTypeError(f"add_brick() needs a Brick, got {type(brick).__name__}")
+        if not brick.has_handler:
+            raise PipelineTypeError(str(brick._no_handler()))
+        source = self._carried
+        if not brick.accepts(source):
+            previous = (
+                f"brick {self._bricks[-1].name!r}" if self._bricks else "the pipeline's request"
+            )
+            raise PipelineTypeError(
+                f"brick {brick.name!r} ({brick.kind}) expects {brick.input_model.__name__}, "
+                f"but {previous} produces {source.__name__}"
+            )
+        self._bricks.append(brick)
+        self._carried = brick.output_for(source)
+        return self
+
+    def __call__(self, request: BaseModel) -> AsyncIterator[Event]:
+        """Run the pipeline on one request: this is what makes it a flow."""
+        return self._events(request)
+
+    async def _events(self, request: BaseModel) -> AsyncGenerator[Event]:
+        async with aclosing(self._drive(request, 0)) as items:
+            async for item in items:
+                yield cast(Event, item) if isinstance(item, dict) else _to_event(item)
+
+    async def _drive(self, value: Any, index: int) -> AsyncGenerator[Any]:
+        bricks = self._bricks
+        last = len(bricks) - 1
+        while index <= last and bricks[index].mode == "unary":
+            brick = bricks[index]
+            output = await brick._call(brick.to_input(value))
+            for event in brick.events_for(output):
+                yield event
+            value = brick.merge(value, output)
+            index += 1
+        if index > last:
+            yield value
+            return
+        brick = bricks[index]
+        async with aclosing(brick._iterate(brick.to_input(value))) as outputs:
+            async for output in outputs:
+                for event in brick.events_for(output):
+                    yield event
+                merged = brick.merge(value, output)
+                if index == last:
+                    yield merged
+                else:
+                    async with aclosing(self._drive(merged, index + 1)) as rest:
+                        async for item in rest:
+                            yield item
+
+    async def aclose(self) -> None:
+        """Close every brick (see :meth:`Brick.aclose`)."""
+        for brick in self._bricks:
+            await brick.aclose()
+
+    def info(self) -> dict[str, Any]:
+        """The bricks' ``info()`` in order, for listings."""
+        return {"bricks": [brick.info() for brick in self._bricks]}
+
+
+def _to_event(value: BaseModel) -> Event:
+    if isinstance(value, TextChunk):
+        event: Event = {"type": "text", "text": value.text}
+        if value.model is not None:
+            event["model"] = value.model
+        return event
+    return {"type": "data", "data": value.model_dump(mode="json", exclude_none=True)}

@@ -1,0 +1,172 @@
+"""``FlowRegistry``: names mapped to flows, each with its request model."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from .bricks import Brick, Pipeline
+from .errors import DuplicateFlow, FlowNotFound
+from .events import Event
+from .requests import ChatRequest
+
+__all__ = ["FlowHandler", "FlowRegistry", "FlowSpec"]
+
+FlowHandler = Callable[[Any], AsyncIterator[Event]]
+F = TypeVar("F", bound=Callable[..., AsyncIterator[Any]])
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """A registered flow.
+
+    Attributes:
+        name: the name clients ask for.
+        handler: called with the validated request; returns an async iterator of events.
+        request_model: the pydantic model requests are validated against.
+        description: one line for listings.
+        timeout: seconds the whole stream may take, or ``None`` for the runtime's default.
+        source: what was registered (a function, Pipeline or Brick), for lifecycle hooks.
+    """
+
+    name: str
+    handler: FlowHandler
+    request_model: type[BaseModel]
+    description: str
+    timeout: float | None
+    source: object
+
+    def describe(self) -> dict[str, Any]:
+        """Name, description and request JSON schema, as ``GET /flows`` shows them."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "requestSchema": self.request_model.model_json_schema(by_alias=True),
+        }
+
+
+def _is_flow_function(flow: object) -> bool:
+    if inspect.isasyncgenfunction(flow):
+        return True
+    # An instance whose class defines an async-generator __call__ is a flow too.
+    return not isinstance(flow, type) and inspect.isasyncgenfunction(
+        inspect.getattr_static(type(flow), "__call__", None)
+    )
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n", 1)[0]
+
+
+class FlowRegistry:
+    """Flows by name. Build one, register flows, and hand it to a ``FlowRuntime``.
+
+    A flow is an async generator function taking the validated request and
+    yielding event dicts, a :class:`Pipeline`, or a single :class:`Brick`.
+    """
+
+    def __init__(self) -> None:
+        self._flows: dict[str, FlowSpec] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._flows
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def __iter__(self) -> Iterator[FlowSpec]:
+        return iter(list(self._flows.values()))
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._flows)
+
+    def get(self, name: str) -> FlowSpec:
+        """The flow called ``name``.
+
+        Raises:
+            FlowNotFound: no such flow; the message lists the known names.
+        """
+        try:
+            return self._flows[name]
+        except (KeyError, TypeError):
+            known = ", ".join(repr(n) for n in self._flows) or "none"
+            raise FlowNotFound(
+                f"no flow named {name!r}; known flows: {known}", details={"flow": name}
+            ) from None
+
+    def register(
+        self,
+        name: str,
+        flow: object,
+        *,
+        request_model: type[BaseModel] | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> FlowSpec:
+        """Register ``flow`` under ``name``.
+
+        Raises:
+            DuplicateFlow: ``name`` is taken.
+            TypeError: ``flow`` is not a flow, or ``name`` is malformed.
+        """
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TypeError(f"flow name {name!r} must be 1-128 letters, digits, '_', '.' or '-'")
+        if name in self._flows:
+            raise DuplicateFlow(f"a flow named {name!r} is already registered")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        handler: FlowHandler
+        if isinstance(flow, Brick):
+            flow = Pipeline().add_brick(flow)
+        if isinstance(flow, Pipeline):
+            handler = flow
+            model = request_model or flow.request_model
+            text = description if description is not None else flow.description
+        elif _is_flow_function(flow):
+            handler = flow  # type: ignore[assignment]
+            model = request_model or ChatRequest
+            text = description if description is not None else _first_line(inspect.getdoc(flow))
+        else:
+            raise TypeError(
+                f"flow {name!r} must be an async generator function ('async def' with "
+                f"'yield'), a Pipeline or a Brick; got {flow!r}"
+            )
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"request_model for {name!r} must be a pydantic model class")
+        spec = FlowSpec(name, handler, model, text, timeout, flow)
+        self._flows[name] = spec
+        return spec
+
+    def flow(
+        self,
+        name: str | None = None,
+        *,
+        request_model: type[BaseModel] | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`; the name defaults to the function's."""
+
+        def decorate(fn: F) -> F:
+            self.register(
+                name or fn.__name__,
+                fn,
+                request_model=request_model,
+                description=description,
+                timeout=timeout,
+            )
+            return fn
+
+        return decorate
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every flow's :meth:`FlowSpec.describe`."""
+        return [spec.describe() for spec in self._flows.values()]

@@ -1,0 +1,52 @@
+"""Request models: ``ChatRequest``, the default, accepts the upstream llmbrick and OpenAI shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = ["ChatRequest", "Message", "WireModel"]
+
+
+class WireModel(BaseModel):
+    """Base for models that cross the wire: camelCase out, camelCase or snake_case in.
+
+    Unknown fields are rejected, so a typo in a client is a clear 422 rather than
+    a silently ignored setting.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+    )
+
+
+class Message(WireModel):
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class ChatRequest(WireModel):
+    """The default request of every flow."""
+
+    flow: str = "default"
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = True
+    session_id: str | None = None
+    client_id: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    source_language: str | None = None
+    metadata: dict[str, Any] | None = None

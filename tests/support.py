@@ -1,0 +1,46 @@
+"""Helpers shared by the adapter, contract and example tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+#: One unit for every timeout in the suite, so a slow machine needs one change.
+TIMEOUT = 10.0
+
+
+def bound_socket() -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 with a port chosen by the kernel."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn on a real socket; yields ``host:port``.
+
+    The socket is bound and listening before the server starts, so clients can
+    connect at once (the kernel queues them) without polling for readiness.
+    """
+    import uvicorn
+
+    sock = bound_socket()
+    host, port = sock.getsockname()
+    settings = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 1}
+    settings.update(config)
+    server = uvicorn.Server(uvicorn.Config(app, **settings))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, TIMEOUT)
+        finally:
+            sock.close()
