@@ -163,12 +163,7 @@ class FlowRuntime:
         Raises:
             LLMBrickError: when the stream cannot start (as :meth:`start`).
         """
-        stream = self.start(name, payload, transport=transport)
-        events: list[Event] = []
-        async with aclosing(stream):
-            async for event in stream:
-                events.append(event)
-        return collect(events)
+        return await self.start(name, payload, transport=transport).collect()
 
     def shutdown(self) -> None:
         """Refuse new streams from now on; running ones go on."""
@@ -243,6 +238,17 @@ class FlowStream:
 
     def __anext__(self) -> Any:
         return self._events.__anext__()
+
+    async def collect(self) -> InvokeResult:
+        """Run the stream to its end and return everything at once."""
+        events: list[Event] = []
+        async with aclosing(self):
+            async for event in self:
+                events.append(event)
+        text = "".join(event.get("text", "") for event in events if event["type"] == "text")
+        last = events[-1]
+        error = last.get("error") if last["type"] == "error" else None
+        return {"events": events, "text": text, "error": error}
 
     async def aclose(self) -> None:
         """Stop the flow (its ``finally`` blocks run) and free the stream's slot."""
@@ -367,11 +373,3 @@ async def _next_before(next_event: Any, deadline: float) -> Any:
         if timeout.expired():
             raise _Deadline from None
         raise
-
-
-def collect(events: list[Event]) -> InvokeResult:
-    """Join a finished stream's events into an :class:`InvokeResult`."""
-    text = "".join(event.get("text", "") for event in events if event["type"] == "text")
-    last = events[-1] if events else None
-    error = last.get("error") if last is not None and last["type"] == "error" else None
-    return {"events": events, "text": text, "error": error}

@@ -8,8 +8,7 @@ try:
     import uvicorn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): "
-        "pip install 'llmbrick[sse]'"
+        f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): pip install 'llmbrick[sse]'"
     ) from exc
 
 from .codec import encode_event, error_body, status_for

@@ -1,0 +1,336 @@
+"""The SSE server: ``POST /chat/completions`` streaming a flow's events, on Litestar."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import orjson
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.exceptions import HTTPException
+from litestar.handlers import asgi
+from litestar.types import Message, Receive, Scope, Send
+
+from llmbrick import (
+    ErrorCode,
+    ErrorInfo,
+    FlowRuntime,
+    FlowStream,
+    LLMBrickError,
+    Overloaded,
+    as_runtime,
+)
+
+from .codec import (
+    PING,
+    accepts_event_stream,
+    accepts_json,
+    encode_event,
+    error_body,
+    is_json_content_type,
+    status_for,
+)
+
+__all__ = ["SSEServer", "create_router"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_STREAM_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+_PING_MESSAGE: Message = {"type": "http.response.body", "body": PING, "more_body": True}
+
+
+class _Rejected(Exception):
+    """Ends a request before any stream starts, with an HTTP status and an error body."""
+
+    def __init__(
+        self,
+        status: int,
+        error: ErrorInfo,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(error["message"])
+        self.status = status
+        self.body = error_body(error)
+        self.headers = headers
+
+
+def _rejected(status: int, message: str, *headers: tuple[bytes, bytes]) -> _Rejected:
+    return _Rejected(status, {"code": ErrorCode.INVALID_ARGUMENT, "message": message}, headers)
+
+
+class _Watch:
+    """Listens for the client going away (cancelling the stream) and sends keepalive pings."""
+
+    __slots__ = ("_task", "disconnected", "finished", "sent")
+
+    def __init__(self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: float) -> None:
+        self.sent = 0
+        self.disconnected = False
+        self.finished = False
+        self._task = asyncio.create_task(self._run(receive, send, owner, ping))
+
+    async def _run(
+        self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: float
+    ) -> None:
+        seen = -1
+        while True:
+            try:
+                if ping > 0:
+                    async with asyncio.timeout(ping):
+                        message = await receive()
+                else:
+                    message = await receive()
+            except TimeoutError:
+                # Ping only after a whole interval with nothing sent.
+                if self.sent == seen and not self.finished:
+                    await send(_PING_MESSAGE)
+                seen = self.sent
+                continue
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.disconnected = True
+                    owner.cancel()
+                return
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class _ChatEndpoint:
+    """Validates a chat request and streams the flow's events as SSE frames."""
+
+    def __init__(self, runtime: FlowRuntime, max_body_size: int, ping_interval: float) -> None:
+        self.runtime = runtime
+        self.max_body_size = max_body_size
+        self.ping_interval = ping_interval
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            stream, streaming = await self._open(scope, receive)
+        except _Rejected as exc:
+            await _send_json(send, exc.status, exc.body, exc.headers)
+            return
+        if stream is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(receive, send, task, self.ping_interval if streaming else 0)
+        try:
+            if streaming:
+                await self._stream(stream, send, watch)
+            else:
+                result = await stream.collect()
+                error = result["error"]
+                status = 200 if error is None else status_for(error["code"])
+                watch.finished = True
+                await _send_json(send, status, orjson.dumps(result))
+        except asyncio.CancelledError:
+            # Our own cancel on disconnect ends the request quietly; any other propagates.
+            if watch.disconnected and task.uncancel() == 0:
+                return
+            raise
+        finally:
+            watch.stop()
+            await stream.aclose()
+
+    async def _stream(self, stream: FlowStream, send: Send, watch: _Watch) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        async with aclosing(stream):
+            async for event in stream:
+                watch.sent += 1
+                await send(
+                    {"type": "http.response.body", "body": encode_event(event), "more_body": True}
+                )
+        watch.finished = True
+        await send(_STREAM_END)
+
+    async def _open(self, scope: Scope, receive: Receive) -> tuple[FlowStream | None, bool]:
+        method = scope.get("method")
+        if method != "POST":
+            error: ErrorInfo = {
+                "code": ErrorCode.UNIMPLEMENTED,
+                "message": f"method {method} is not allowed here; use POST",
+            }
+            raise _Rejected(405, error, ((b"allow", b"POST"),))
+        headers = _headers(scope)
+        content_type = headers.get("content-type")
+        if not is_json_content_type(content_type):
+            raise _rejected(
+                415, f"content type {content_type!r} is not supported; send application/json"
+            )
+        body = await self._read_body(receive, headers.get("content-length"))
+        if body is None:
+            return None, False
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _rejected(400, f"malformed JSON body: {exc}") from None
+        if not isinstance(payload, dict):
+            raise _rejected(422, f"the body must be a JSON object, got {type(payload).__name__}")
+        streaming = payload.get("stream", True) is not False
+        accept = headers.get("accept")
+        if streaming and not accepts_event_stream(accept):
+            raise _rejected(
+                406,
+                f"Accept {accept!r} excludes text/event-stream; "
+                'accept it, or send "stream": false for one JSON document',
+            )
+        if not streaming and not accepts_json(accept):
+            raise _rejected(406, f"Accept {accept!r} excludes application/json")
+        try:
+            return self.runtime.start(None, payload, transport="sse"), streaming
+        except LLMBrickError as exc:
+            extra: tuple[tuple[bytes, bytes], ...] = ()
+            if isinstance(exc, Overloaded):
+                extra = ((b"retry-after", str(math.ceil(exc.retry_after)).encode()),)
+            raise _Rejected(status_for(exc.code), exc.to_info(), extra) from None
+
+    async def _read_body(self, receive: Receive, declared: str | None) -> bytes | None:
+        limit = self.max_body_size
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _too_large(limit: int) -> _Rejected:
+    return _rejected(413, f"the body is larger than the {limit}-byte limit")
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def create_router(
+    runtime: FlowRuntime,
+    *,
+    prefix: str = "",
+    path: str = "/chat/completions",
+    max_body_size: int = 1 << 20,
+    ping_interval: float = 15.0,
+) -> Router:
+    """The SSE routes for ``runtime``: the chat endpoint, ``GET /flows`` and ``GET /healthz``.
+
+    Args:
+        runtime: the runtime shared with every other adapter.
+        prefix: mounted under this path (e.g. ``"/api"``).
+        path: the chat endpoint's path.
+        max_body_size: bytes a request body may have (413 beyond).
+        ping_interval: seconds of silence before a ``: ping`` comment (0 disables).
+    """
+    endpoint = _ChatEndpoint(runtime, max_body_size, ping_interval)
+
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        await endpoint(scope, receive, send)
+
+    async def list_flows() -> dict[str, Any]:
+        return {"flows": runtime.registry.describe()}
+
+    async def healthz() -> Response[dict[str, Any]]:
+        if runtime.draining:
+            return Response({"status": "draining"}, status_code=503)
+        return Response({"status": "ok", "streams": runtime.active_streams}, status_code=200)
+
+    return Router(
+        path=prefix or "/",
+        route_handlers=[
+            asgi(path, copy_scope=False, name="llmbrick-chat")(chat_completions),
+            get("/flows", name="llmbrick-flows")(list_flows),
+            get("/healthz", name="llmbrick-health", cache=False)(healthz),
+        ],
+    )
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    code = {400: ErrorCode.INVALID_ARGUMENT, 404: ErrorCode.NOT_FOUND}.get(
+        exc.status_code, ErrorCode.UNIMPLEMENTED if exc.status_code == 405 else ErrorCode.INTERNAL
+    )
+    message = exc.detail if exc.status_code < 500 else "internal error"
+    return Response(
+        error_body({"code": code, "message": message}),
+        status_code=exc.status_code,
+        media_type=MediaType.JSON,
+        headers=exc.headers,
+    )
+
+
+class SSEServer:
+    """Serve flows over SSE.
+
+    Args:
+        target: a Pipeline, Brick, flow function, FlowRegistry or FlowRuntime
+            (see :func:`llmbrick.as_runtime`); a pipeline becomes the flow ``default``.
+        prefix, path, max_body_size, ping_interval: as :func:`create_router`.
+    """
+
+    def __init__(
+        self,
+        target: object = None,
+        *,
+        prefix: str = "",
+        path: str = "/chat/completions",
+        max_body_size: int = 1 << 20,
+        ping_interval: float = 15.0,
+    ) -> None:
+        self.runtime = as_runtime(target)
+        self.router = create_router(
+            self.runtime,
+            prefix=prefix,
+            path=path,
+            max_body_size=max_body_size,
+            ping_interval=ping_interval,
+        )
+        self.app = Litestar(
+            route_handlers=[self.router],
+            openapi_config=None,
+            exception_handlers={HTTPException: _http_error},
+            on_shutdown=[self.runtime.aclose],
+        )
+
+    def flow(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
+        """Register a flow on this server's registry (see ``FlowRegistry.flow``)."""
+        return self.runtime.registry.flow(name, **options)
+
+    def run(self, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:
+        """Serve until interrupted, with uvloop and httptools when they are installed."""
+        import uvicorn
+
+        options: dict[str, Any] = {"log_level": "info", "loop": "auto", "http": "auto"}
+        options.update(uvicorn_options)
+        uvicorn.run(self.app, host=host, port=port, **options)
