@@ -1,0 +1,70 @@
+"""The public API and the import boundary of the core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import llmbrick
+import llmbrick.bricks
+import llmbrick.errors
+import llmbrick.events
+import llmbrick.registry
+import llmbrick.requests
+import llmbrick.runtime
+import llmbrick.serving
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBMODULES = [
+    llmbrick.bricks,
+    llmbrick.errors,
+    llmbrick.events,
+    llmbrick.registry,
+    llmbrick.requests,
+    llmbrick.runtime,
+    llmbrick.serving,
+]
+TRANSPORTS = ("litestar", "grpc", "google.protobuf", "websockets", "uvicorn", "httpx", "orjson")
+
+
+def test_top_level_all_is_the_union_of_the_submodules() -> None:
+    combined = [name for module in SUBMODULES for name in module.__all__]
+    assert len(combined) == len(set(combined)), "a name is exported by two submodules"
+    assert sorted(llmbrick.__all__) == sorted(combined)
+    for name in llmbrick.__all__:
+        assert hasattr(llmbrick, name)
+
+
+def test_importing_the_core_loads_no_transport() -> None:
+    code = (
+        "import sys, llmbrick; "
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {TRANSPORTS!r} "
+        f"or m.startswith('google.protobuf') or m.startswith('llmbrick_')]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_core_sources_never_import_transports_or_adapters() -> None:
+    for path in (ROOT / "llmbrick").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                top = words[1].split(".")[0]
+                assert top not in {
+                    "litestar",
+                    "grpc",
+                    "google",
+                    "websockets",
+                    "uvicorn",
+                    "orjson",
+                    "httpx",
+                    "adapters",
+                }, f"{path}: {line}"
+                assert not top.startswith("llmbrick_"), f"{path}: {line}"
+
+
+def test_py_typed_ships() -> None:
+    assert (ROOT / "llmbrick" / "py.typed").exists()
