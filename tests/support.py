@@ -44,3 +44,40 @@ async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
             await asyncio.wait_for(task, TIMEOUT)
         finally:
             sock.close()
+
+
+def parse_sse(body: str) -> list[tuple[str, str, Any]]:
+    """Split an SSE body into ``(event, id, data)`` tuples; comments become ``(":", "", text)``."""
+    import json
+
+    frames: list[tuple[str, str, Any]] = []
+    for block in body.split("\n\n"):
+        if not block:
+            continue
+        name, ident, data = "message", "", []
+        for line in block.split("\n"):
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "":
+                frames.append((":", "", value))
+            elif field == "event":
+                name = value
+            elif field == "id":
+                ident = value
+            elif field == "data":
+                data.append(value)
+        if data:
+            frames.append((name, ident, json.loads("\n".join(data))))
+    return frames
+
+
+async def sse_events(
+    address: str, payload: dict[str, Any], path: str = "/chat/completions"
+) -> list[Any]:
+    """POST ``payload`` to an SSE server at ``address`` and return the event dicts it streamed."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+        response = await client.post(path, json=payload)
+        assert response.status_code == 200, response.text
+        return [data for name, _, data in parse_sse(response.text) if name != ":"]

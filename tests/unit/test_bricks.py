@@ -10,7 +10,6 @@ import pytest
 from pydantic import BaseModel
 
 from llmbrick import (
-    Brick,
     ChatRequest,
     CommonBrick,
     CommonRequest,

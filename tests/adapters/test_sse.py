@@ -1,0 +1,358 @@
+"""The SSE adapter on a real uvicorn socket: wire format, every status, keepalive, disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llmbrick import (
+    ChatRequest,
+    EchoLLM,
+    Event,
+    FlowRegistry,
+    FlowRuntime,
+    KeywordGuard,
+    Pipeline,
+)
+from llmbrick_sse import SSEServer
+from tests.support import TIMEOUT, parse_sse, serve_asgi, sse_events
+
+HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hello world"}]}
+
+
+def make_server(**options: Any) -> SSEServer:
+    server = SSEServer(Pipeline().add_brick(KeywordGuard(["bomb"])).add_brick(EchoLLM()), **options)
+
+    @server.flow("crash")
+    async def crash(request: ChatRequest) -> AsyncIterator[Event]:
+        yield {"type": "text", "text": "partial"}
+        raise RuntimeError("secret")
+
+    return server
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    async with serve_asgi(make_server().app) as address:
+        yield address
+
+
+@pytest.fixture
+async def client(address: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+        yield client
+
+
+async def test_streams_one_frame_per_event_with_the_documented_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/chat/completions", json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.text == (
+        "id: 1\nevent: message\n"
+        'data: {"type":"text","text":"hello ","model":"echo","id":"1","progress":"IN_PROGRESS"}\n\n'
+        "id: 2\nevent: message\n"
+        'data: {"type":"text","text":"world","model":"echo","id":"2","progress":"IN_PROGRESS"}\n\n'
+        "id: 3\nevent: message\n"
+        'data: {"type":"done","id":"3","progress":"DONE"}\n\n'
+    )
+
+
+async def test_newlines_in_text_stay_inside_one_data_line(address: str) -> None:
+    events = await sse_events(address, {"messages": [{"role": "user", "content": "a\nb"}]})
+    assert "".join(e.get("text", "") for e in events) == "a\nb"
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", "TEXT/EVENT-STREAM", "application/json, text/event-stream;q=0.9", "text/*"],
+)
+async def test_accepted_accept_headers(client: httpx.AsyncClient, accept: str | None) -> None:
+    headers = {} if accept is None else {"accept": accept}
+    response = await client.post("/chat/completions", json=HELLO, headers=headers)
+    assert response.status_code == 200
+    assert parse_sse(response.text)[-1][2]["type"] == "done"
+
+
+async def test_an_accept_header_excluding_event_stream_gets_406(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", json=HELLO, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 406
+    assert "text/event-stream" in response.json()["error"]["message"]
+
+
+async def test_non_streaming_returns_one_json_document(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", json={**HELLO, "stream": False}, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["text"] == "hello world"
+    assert body["error"] is None
+    assert [e["id"] for e in body["events"]] == ["1", "2", "3"]
+
+
+async def test_non_streaming_status_follows_the_terminal_event(client: httpx.AsyncClient) -> None:
+    payload = {"messages": [{"role": "user", "content": "a bomb"}], "stream": False}
+    response = await client.post("/chat/completions", json=payload)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "PERMISSION_DENIED"
+    response = await client.post(
+        "/chat/completions", json={**payload, "flow": "crash"}, headers={"accept": "text/html"}
+    )
+    assert response.status_code == 406
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert error["message"].startswith("malformed JSON body")
+
+
+async def test_a_body_that_is_not_an_object_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/chat/completions", json=[1, 2])
+    assert response.status_code == 422
+    assert "JSON object" in response.json()["error"]["message"]
+
+
+async def test_schema_violations_are_422_with_field_paths(client: httpx.AsyncClient) -> None:
+    payload = {"messages": [{"role": "robot", "content": "x"}], "temperature": 9, "bogus": 1}
+    response = await client.post("/chat/completions", json=payload)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert {d["loc"] for d in error["details"]} == {"messages.0.role", "temperature", "bogus"}
+
+
+async def test_unknown_flow_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/chat/completions", json={**HELLO, "flow": "nope"})
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == (
+        "no flow named 'nope'; known flows: 'default', 'crash'"
+    )
+
+
+async def test_wrong_content_type_is_415(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", content=b"hello", headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]
+
+
+async def test_a_missing_content_type_is_read_as_json(client: httpx.AsyncClient) -> None:
+    request = client.build_request("POST", "/chat/completions", content=b'{"messages": []}')
+    assert "content-type" not in request.headers
+    response = await client.send(request)
+    assert response.status_code == 422
+
+
+async def test_bodies_over_the_limit_are_413() -> None:
+    server = make_server(max_body_size=100)
+    big = {"messages": [{"role": "user", "content": "x" * 200}]}
+    async with serve_asgi(server.app) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            response = await client.post("/chat/completions", json=big)
+            assert response.status_code == 413
+            assert "100-byte limit" in response.json()["error"]["message"]
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(5):
+                    yield b" " * 40
+                yield b"{}"
+
+            # Without a Content-Length the limit still holds while reading.
+            response = await client.post(
+                "/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 413
+
+
+async def test_get_on_the_endpoint_is_405_and_unknown_paths_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "UNIMPLEMENTED"
+    response = await client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_too_many_streams_is_503_with_retry_after() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def hold(request: ChatRequest) -> AsyncIterator[Event]:
+        yield {"type": "text", "text": "holding"}
+        started.set()
+        await release.wait()
+
+    server = SSEServer(FlowRuntime(registry, max_streams=1))
+    async with serve_asgi(server.app) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            first = asyncio.create_task(client.post("/chat/completions", json=HELLO))
+            await asyncio.wait_for(started.wait(), TIMEOUT)
+            response = await client.post("/chat/completions", json=HELLO)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+            release.set()
+            assert (await first).status_code == 200
+
+
+async def test_an_error_mid_stream_is_one_error_frame_then_the_end(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/chat/completions", json={**HELLO, "flow": "crash"})
+    assert response.status_code == 200
+    frames = parse_sse(response.text)
+    assert [(name, ident) for name, ident, _ in frames] == [("message", "1"), ("error", "2")]
+    error = frames[-1][2]["error"]
+    assert error["code"] == "INTERNAL"
+    assert "secret" not in error["message"]
+
+
+async def test_a_guard_rejection_is_an_error_frame(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", json={"messages": [{"role": "user", "content": "bomb"}]}
+    )
+    [(name, _, data)] = parse_sse(response.text)
+    assert name == "error"
+    assert data["error"]["code"] == "PERMISSION_DENIED"
+
+
+async def test_keepalive_pings_while_the_flow_is_silent() -> None:
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def quiet(request: ChatRequest) -> AsyncIterator[Event]:
+        yield {"type": "text", "text": "a"}
+        await asyncio.sleep(0.3)  # a model thinking; the pings must fill this silence
+        yield {"type": "text", "text": "b"}
+
+    server = SSEServer(registry, ping_interval=0.05)
+    async with serve_asgi(server.app) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            response = await client.post("/chat/completions", json=HELLO)
+    frames = parse_sse(response.text)
+    names = [name for name, _, _ in frames]
+    assert names[0] == "message" and names[-1] == "message"
+    assert 1 <= names.count(":") <= 6
+    assert frames[1] == (":", "", "ping")
+
+
+async def test_no_ping_while_events_flow() -> None:
+    server = SSEServer(Pipeline().add_brick(EchoLLM(delay=0.01)), ping_interval=0.05)
+    words = " ".join(["w"] * 30)
+    async with serve_asgi(server.app) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            payload = {"messages": [{"role": "user", "content": words}]}
+            response = await client.post("/chat/completions", json=payload)
+    frames = parse_sse(response.text)
+    assert len(frames) == 31
+    assert ":" not in [name for name, _, _ in frames]
+
+
+async def test_client_disconnect_cancels_the_flow_promptly() -> None:
+    streaming = asyncio.Event()
+    finished = asyncio.Event()
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def endless(request: ChatRequest) -> AsyncIterator[Event]:
+        try:
+            yield {"type": "text", "text": "first"}
+            streaming.set()
+            await asyncio.Event().wait()
+        finally:
+            finished.set()
+        yield {"type": "text", "text": "never"}
+
+    runtime = FlowRuntime(registry)
+    async with serve_asgi(SSEServer(runtime).app) as address:
+        host, port = address.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'{"messages": [{"role": "user", "content": "x"}]}'
+        writer.write(
+            b"POST /chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"data: "), TIMEOUT)
+        await asyncio.wait_for(streaming.wait(), TIMEOUT)
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(finished.wait(), TIMEOUT)
+        elapsed = loop.time() - closed_at
+        assert elapsed < 0.1, f"the flow's finally ran {elapsed * 1000:.0f} ms after disconnect"
+        assert runtime.active_streams == 0
+
+
+async def test_one_failing_stream_does_not_disturb_others(address: str) -> None:
+    results = await asyncio.gather(
+        sse_events(address, HELLO),
+        sse_events(address, {**HELLO, "flow": "crash"}),
+        sse_events(address, HELLO),
+    )
+    assert [r[-1]["type"] for r in results] == ["done", "error", "done"]
+
+
+async def test_flows_and_health(client: httpx.AsyncClient) -> None:
+    flows = (await client.get("/flows")).json()["flows"]
+    assert [f["name"] for f in flows] == ["default", "crash"]
+    assert "messages" in flows[0]["requestSchema"]["properties"]
+    health = await client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+
+
+async def test_health_reports_draining() -> None:
+    server = make_server()
+    server.runtime.shutdown()
+    async with serve_asgi(server.app) as address:
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            assert (await client.get("/healthz")).status_code == 503
+            response = await client.post("/chat/completions", json=HELLO)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "UNAVAILABLE"
+
+
+async def test_prefix_and_path_are_configurable() -> None:
+    server = make_server(prefix="/api", path="/v1/chat")
+    async with serve_asgi(server.app) as address:
+        events = await sse_events(address, HELLO, path="/api/v1/chat")
+        assert events[-1]["type"] == "done"
+        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
+            assert (await client.get("/api/flows")).status_code == 200
+            assert (await client.post("/chat/completions", json=HELLO)).status_code == 404
+
+
+async def test_upstream_style_snake_case_requests_are_accepted(address: str) -> None:
+    payload = {
+        **HELLO,
+        "model": "m",
+        "session_id": "s",
+        "client_id": "c",
+        "max_tokens": 5,
+        "temperature": 0.5,
+        "source_language": "en",
+        "tool_choice": "auto",
+    }
+    events = await sse_events(address, payload)
+    assert events[0]["model"] == "m"
