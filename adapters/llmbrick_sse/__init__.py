@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 try:
+    import httpx  # noqa: F401
     import litestar  # noqa: F401
     import orjson  # noqa: F401
     import uvicorn  # noqa: F401
@@ -11,7 +12,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): pip install 'llmbrick[sse]'"
     ) from exc
 
+from .client import SSEClient
 from .codec import encode_event, error_body, status_for
 from .server import SSEServer, create_router
 
-__all__ = ["SSEServer", "create_router", "encode_event", "error_body", "status_for"]
+__all__ = ["SSEClient", "SSEServer", "create_router", "encode_event", "error_body", "status_for"]

@@ -12,6 +12,7 @@ __all__ = [
     "PING",
     "accepts_event_stream",
     "accepts_json",
+    "decode_frame",
     "encode_event",
     "error_body",
     "is_json_content_type",
@@ -86,3 +87,12 @@ def is_json_content_type(content_type: str | None) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+def decode_frame(frame: bytes) -> Event | None:
+    """The event in one SSE frame (without its blank-line terminator); ``None`` for comments."""
+    data = [line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")]
+    if not data:
+        return None
+    event: Event = orjson.loads(b"\n".join(data))
+    return event

@@ -356,3 +356,20 @@ async def test_upstream_style_snake_case_requests_are_accepted(address: str) -> 
     }
     events = await sse_events(address, payload)
     assert events[0]["model"] == "m"
+
+
+async def test_the_python_client_streams_invokes_and_lists(address: str) -> None:
+    from llmbrick_sse import SSEClient
+
+    async with SSEClient(f"http://{address}") as client:
+        events = [e async for e in client.stream("default", HELLO)]
+        assert events == await sse_events(address, HELLO)
+        result = await client.invoke("default", ChatRequest.model_validate(HELLO))
+        assert result["text"] == "hello world" and result["error"] is None
+        missing = await client.invoke("nope", HELLO)
+        assert missing["error"] is not None and missing["error"]["code"] == "NOT_FOUND"
+        assert missing["events"][0]["id"] == "1"
+        invalid = await client.invoke("default", {"messages": []})
+        assert invalid["error"] is not None
+        assert invalid["error"]["details"][0]["loc"] == "messages"
+        assert [f["name"] for f in await client.list_flows()] == ["default", "crash"]
