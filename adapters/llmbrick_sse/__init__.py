@@ -14,6 +14,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .client import SSEClient
 from .codec import encode_event, error_body, status_for
-from .server import SSEServer, create_router
+from .server import SSEServer, create_meta_router, create_router, http_error_handler
 
-__all__ = ["SSEClient", "SSEServer", "create_router", "encode_event", "error_body", "status_for"]
+__all__ = [
+    "SSEClient",
+    "SSEServer",
+    "create_meta_router",
+    "create_router",
+    "encode_event",
+    "error_body",
+    "http_error_handler",
+    "status_for",
+]

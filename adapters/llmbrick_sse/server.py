@@ -34,7 +34,7 @@ from .codec import (
     status_for,
 )
 
-__all__ = ["SSEServer", "create_router"]
+__all__ = ["SSEServer", "create_meta_router", "create_router", "http_error_handler"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -245,7 +245,7 @@ def create_router(
     max_body_size: int = 1 << 20,
     ping_interval: float = 15.0,
 ) -> Router:
-    """The SSE routes for ``runtime``: the chat endpoint, ``GET /flows`` and ``GET /healthz``.
+    """The SSE chat endpoint for ``runtime``, to mount on any Litestar app.
 
     Args:
         runtime: the runtime shared with every other adapter.
@@ -259,6 +259,18 @@ def create_router(
     async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         await endpoint(scope, receive, send)
 
+    return Router(
+        path=prefix or "/",
+        route_handlers=[asgi(path, copy_scope=False, name="llmbrick-chat")(chat_completions)],
+    )
+
+
+def create_meta_router(runtime: FlowRuntime, *, prefix: str = "") -> Router:
+    """``GET /flows`` (names, descriptions, request schemas) and ``GET /healthz``.
+
+    Health answers 503 while the runtime drains, so load balancers stop sending work.
+    """
+
     async def list_flows() -> dict[str, Any]:
         return {"flows": runtime.registry.describe()}
 
@@ -270,11 +282,15 @@ def create_router(
     return Router(
         path=prefix or "/",
         route_handlers=[
-            asgi(path, copy_scope=False, name="llmbrick-chat")(chat_completions),
             get("/flows", name="llmbrick-flows")(list_flows),
             get("/healthz", name="llmbrick-health", cache=False)(healthz),
         ],
     )
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (404, 405, ...) in llmbrick's ``{"error": {...}}`` shape."""
+    return _http_error(request, exc)
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -317,9 +333,9 @@ class SSEServer:
             ping_interval=ping_interval,
         )
         self.app = Litestar(
-            route_handlers=[self.router],
+            route_handlers=[self.router, create_meta_router(self.runtime, prefix=prefix)],
             openapi_config=None,
-            exception_handlers={HTTPException: _http_error},
+            exception_handlers={HTTPException: http_error_handler},
             on_shutdown=[self.runtime.aclose],
         )
 
