@@ -91,13 +91,17 @@ def error_event(code: str, message: str, details: Any = None) -> Event:
     return {"type": "error", "error": error}
 
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = (str, bool, type(None))
+# Beyond 64 bits, JSON encoders (and protobuf) disagree or refuse.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _json_problem(value: Any, path: str, depth: int) -> str | None:
     kind = type(value)
     if kind in _SCALARS:
         return None
+    if kind is int:
+        return None if _INT_MIN <= value <= _INT_MAX else f"{path} is an integer beyond 64 bits"
     if kind is float:
         return None if math.isfinite(value) else f"{path} is {value!r}, which JSON cannot carry"
     if depth > 32:

@@ -211,7 +211,6 @@ class FlowStream:
         "_released",
         "_runtime",
         "_stopping",
-        "_task",
         "_waiting",
         "id",
         "request",
@@ -229,8 +228,8 @@ class FlowStream:
         self.id = f"s{number}"
         self._released = False
         self._stopping = False
-        self._waiting = False
-        self._task: asyncio.Task[Any] | None = None
+        # The task blocked on the flow right now, if any: the one _stop() must interrupt.
+        self._waiting: asyncio.Task[Any] | None = None
         self._events = self._iterate()
 
     def __aiter__(self) -> FlowStream:
@@ -264,15 +263,16 @@ class FlowStream:
 
     def _stopped_by_runtime(self) -> bool:
         # Absorb the cancel that _stop() sent, so the consumer's task goes on normally.
-        if self._stopping and self._task is not None:
-            self._task.uncancel()
+        task = asyncio.current_task()
+        if self._stopping and task is not None:
+            task.uncancel()
             return True
         return False
 
     def _stop(self) -> None:
         self._stopping = True
-        if self._waiting and self._task is not None:
-            self._task.cancel()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def _iterate(self) -> AsyncGenerator[Event]:
         runtime = self._runtime
@@ -281,7 +281,7 @@ class FlowStream:
         started = time.monotonic()
         timeout = spec.timeout if spec.timeout is not None else runtime.timeout
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        self._task = asyncio.current_task()
+        current_task = asyncio.current_task
         seq = 0
         outcome: str = "cancelled"
         log.info("stream start id=%s flow=%s transport=%s", self.id, spec.name, self.transport)
@@ -293,7 +293,9 @@ class FlowStream:
                     while True:
                         if self._stopping:
                             raise _Stopped
-                        self._waiting = True
+                        # Adapters may hand the stream to another task mid-way (to read
+                        # ahead while a slow client drains), so look the task up each time.
+                        self._waiting = current_task()
                         try:
                             if deadline is None:
                                 event = await next_event()
@@ -306,7 +308,7 @@ class FlowStream:
                                 raise _Stopped from None
                             raise
                         finally:
-                            self._waiting = False
+                            self._waiting = None
                         problem = event_problem(event)
                         if problem is not None:
                             raise LLMBrickError(f"flow {spec.name!r} misbehaved: {problem}")

@@ -43,6 +43,10 @@ _STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# A send that took this long waited for the client to drain its socket buffer.
+_SLOW_SEND = 0.001
+# Frames kept ready per stream while the client is slow; the flow waits beyond this.
+_READ_AHEAD = 256
 _STREAM_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 _PING_MESSAGE: Message = {"type": "http.response.body", "body": PING, "more_body": True}
 
@@ -104,6 +108,55 @@ class _Watch:
         self._task.cancel()
 
 
+class _ReadAhead:
+    """Runs a stream in its own task, keeping up to ``limit`` encoded frames ready to send."""
+
+    def __init__(self, stream: FlowStream, limit: int) -> None:
+        self._frames: list[bytes] = []
+        self._finished = False
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.task = asyncio.create_task(self._run(stream, limit))
+
+    async def _run(self, stream: FlowStream, limit: int) -> None:
+        try:
+            async for event in stream:
+                self._frames.append(encode_event(event))
+                self._ready.set()
+                if len(self._frames) >= limit:
+                    self._room.clear()
+                    await self._room.wait()
+        finally:
+            self._finished = True
+            self._ready.set()
+
+    async def take(self) -> bytes | None:
+        """Every frame waiting, joined (waits for at least one); ``None`` at the end."""
+        while not self._frames:
+            if self._finished:
+                self.task.result()  # re-raises what stopped the reader, if anything did
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        chunk = b"".join(self._frames)
+        self._frames.clear()
+        self._room.set()
+        return chunk
+
+
+async def _send_read_ahead(stream: FlowStream, send: Send, watch: _Watch) -> None:
+    reader = _ReadAhead(stream, _READ_AHEAD)
+    try:
+        while (chunk := await reader.take()) is not None:
+            watch.sent += 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        if not reader.task.done():
+            reader.task.cancel()
+            await asyncio.wait([reader.task])
+
+
 class _ChatEndpoint:
     """Validates a chat request and streams the flow's events as SSE frames."""
 
@@ -143,12 +196,19 @@ class _ChatEndpoint:
 
     async def _stream(self, stream: FlowStream, send: Send, watch: _Watch) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        clock = asyncio.get_running_loop().time
         async with aclosing(stream):
             async for event in stream:
                 watch.sent += 1
+                began = clock()
                 await send(
                     {"type": "http.response.body", "body": encode_event(event), "more_body": True}
                 )
+                if clock() - began > _SLOW_SEND:
+                    # The client reads slower than the flow produces: from now on read
+                    # ahead in a second task and send whatever piled up in one write.
+                    await _send_read_ahead(stream, send, watch)
+                    break
         watch.finished = True
         await send(_STREAM_END)
 

@@ -373,3 +373,97 @@ async def test_the_python_client_streams_invokes_and_lists(address: str) -> None
         assert invalid["error"] is not None
         assert invalid["error"]["details"][0]["loc"] == "messages"
         assert [f["name"] for f in await client.list_flows()] == ["default", "crash"]
+
+
+def counting_sends(app: Any, counts: list[int]) -> Any:
+    """Wrap an ASGI app to count the response-body messages it sends."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                counts.append(len(message.get("body", b"")))
+            await send(message)
+
+        await app(scope, receive, counted)
+
+    return wrapped
+
+
+async def open_stream(address: str, payload: bytes) -> tuple[Any, Any]:
+    host, port = address.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+    writer.write(
+        b"POST /chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_slow_reader_gets_waiting_events_coalesced_in_order() -> None:
+    total = 20_000  # 20 MB: more than loopback socket buffers hold
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def burst(request: ChatRequest) -> AsyncIterator[Event]:
+        for n in range(total):
+            yield {"type": "text", "text": f"{n:06d}" + "x" * 1000}
+
+    counts: list[int] = []
+    app = counting_sends(SSEServer(registry).app, counts)
+    async with serve_asgi(app) as address:
+        reader, writer = await open_stream(address, b'{"messages":[{"role":"user","content":"x"}]}')
+        body = bytearray()
+        while not body.endswith(b"0\r\n\r\n"):
+            chunk = await asyncio.wait_for(reader.read(1 << 16), TIMEOUT)
+            assert chunk, "the server closed the connection early"
+            body += chunk
+            await asyncio.sleep(0.001)  # a slow client: the flow produces faster than this
+        writer.close()
+        await writer.wait_closed()
+    frames = [f for f in parse_sse(_dechunk(bytes(body))) if f[0] != ":"]
+    assert [int(ident) for _, ident, _ in frames] == list(range(1, total + 2))
+    assert frames[-1][2]["type"] == "done"
+    assert [int(data["text"][:6]) for _, _, data in frames[:-1]] == list(range(total))
+    # Far fewer writes than events: what waited went out together.
+    assert len(counts) < total / 4, f"{len(counts)} sends for {total} events"
+
+
+def _dechunk(raw: bytes) -> str:
+    out = bytearray()
+    at = raw.index(b"\r\n\r\n") + 4
+    while True:
+        end = raw.index(b"\r\n", at)
+        size = int(raw[at:end], 16)
+        if size == 0:
+            return out.decode()
+        out += raw[end + 2 : end + 2 + size]
+        at = end + 4 + size
+
+
+async def test_disconnect_while_reading_ahead_runs_the_flows_finally() -> None:
+    blocked = asyncio.Event()
+    finished = asyncio.Event()
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def endless(request: ChatRequest) -> AsyncIterator[Event]:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield {"type": "text", "text": "y" * 2000}
+                if n > 2000:
+                    blocked.set()  # far more than the socket buffers hold: sends are waiting
+                    await asyncio.sleep(0)
+        finally:
+            finished.set()
+
+    runtime = FlowRuntime(registry)
+    async with serve_asgi(SSEServer(runtime).app) as address:
+        _, writer = await open_stream(address, b'{"messages":[{"role":"user","content":"x"}]}')
+        await asyncio.wait_for(blocked.wait(), TIMEOUT)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(finished.wait(), TIMEOUT)
+        assert runtime.active_streams == 0
