@@ -109,6 +109,7 @@ async def test_an_error_event_from_the_flow_is_terminal() -> None:
         ({"type": "text", "data": {"when": object()}}, "event.data.when is a object"),
         ({"type": "text", "data": {1: "x"}}, "non-string key"),
         ({"type": "text", "data": {"x": float("nan")}}, "JSON cannot carry"),
+        ({"type": "text", "data": {"n": [2**70]}}, "event.data.n[0] is an integer beyond 64 bits"),
         ({"type": "error"}, "error.code and error.message"),
         ({"type": "text", "data": [[[[[]]]]] * 1}, None),
     ],
