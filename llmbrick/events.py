@@ -91,13 +91,25 @@ def error_event(code: str, message: str, details: Any = None) -> Event:
     return {"type": "error", "error": error}
 
 
-_SCALARS = (str, bool, type(None))
+_SCALARS = (bool, type(None))
 # Beyond 64 bits, JSON encoders (and protobuf) disagree or refuse.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
+def _utf8_problem(text: str, path: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return f"{path} has a lone surrogate, which UTF-8 cannot carry"
+    return None
+
+
 def _json_problem(value: Any, path: str, depth: int) -> str | None:
     kind = type(value)
+    if kind is str:
+        return _utf8_problem(value, path)
     if kind in _SCALARS:
         return None
     if kind is int:
@@ -110,7 +122,10 @@ def _json_problem(value: Any, path: str, depth: int) -> str | None:
         for key, item in value.items():
             if type(key) is not str:
                 return f"{path} has a non-string key {key!r}"
-            if type(item) in _SCALARS:
+            if type(item) is str:
+                if item.isascii():
+                    continue
+            elif type(item) in _SCALARS:
                 continue
             problem = _json_problem(item, f"{path}.{key}", depth + 1)
             if problem:

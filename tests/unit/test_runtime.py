@@ -110,6 +110,8 @@ async def test_an_error_event_from_the_flow_is_terminal() -> None:
         ({"type": "text", "data": {1: "x"}}, "non-string key"),
         ({"type": "text", "data": {"x": float("nan")}}, "JSON cannot carry"),
         ({"type": "text", "data": {"n": [2**70]}}, "event.data.n[0] is an integer beyond 64 bits"),
+        ({"type": "text", "text": "bad \ud800"}, "event.text has a lone surrogate"),
+        ({"type": "text", "data": {"l": ["ok é", "\udfff"]}}, "event.data.l[1] has a lone"),
         ({"type": "error"}, "error.code and error.message"),
         ({"type": "text", "data": [[[[[]]]]] * 1}, None),
     ],
