@@ -395,6 +395,7 @@ class SSEServer:
         self.app = Litestar(
             route_handlers=[self.router, create_meta_router(self.runtime, prefix=prefix)],
             openapi_config=None,
+            logging_config=None,
             exception_handlers={HTTPException: http_error_handler},
             on_shutdown=[self.runtime.aclose],
         )

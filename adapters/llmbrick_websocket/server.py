@@ -490,6 +490,7 @@ class WebSocketServer:
         self.app = Litestar(
             route_handlers=[self.router],
             openapi_config=None,
+            logging_config=None,
             on_shutdown=[self.runtime.aclose],
         )
 

@@ -104,6 +104,7 @@ class Gateway:
             self.app = Litestar(
                 route_handlers=handlers,
                 openapi_config=None,
+                logging_config=None,
                 exception_handlers={HTTPException: http_error_handler},
             )
         self.grpc = GrpcServer(self.runtime, **(grpc or {})) if "grpc" in chosen else None
