@@ -45,9 +45,7 @@ def _transports(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     bad = [name for name in names if name not in TRANSPORTS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"choose from {','.join(TRANSPORTS)}; got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"choose from {','.join(TRANSPORTS)}; got {text!r}")
     return names
 
 

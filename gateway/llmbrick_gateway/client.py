@@ -20,13 +20,9 @@ __all__ = ["FlowClient", "connect"]
 class FlowClient(Protocol):
     """What every llmbrick client offers; each returns the same event dicts."""
 
-    def stream(
-        self, flow: str, request: Mapping[str, Any] | BaseModel
-    ) -> AsyncIterator[Event]: ...
+    def stream(self, flow: str, request: Mapping[str, Any] | BaseModel) -> AsyncIterator[Event]: ...
 
-    async def invoke(
-        self, flow: str, request: Mapping[str, Any] | BaseModel
-    ) -> InvokeResult: ...
+    async def invoke(self, flow: str, request: Mapping[str, Any] | BaseModel) -> InvokeResult: ...
 
 
 @asynccontextmanager
@@ -50,6 +46,4 @@ async def connect(url: str) -> AsyncIterator[FlowClient]:
         async with GrpcClient(parts.netloc) as grpc:
             yield grpc
     else:
-        raise ValueError(
-            f"cannot tell the transport of {url!r}: use http://, ws:// or grpc://"
-        )
+        raise ValueError(f"cannot tell the transport of {url!r}: use http://, ws:// or grpc://")

@@ -218,9 +218,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _install_signal_handlers(
-    loop: asyncio.AbstractEventLoop, handler: Any
-) -> list[signal.Signals]:
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Any) -> list[signal.Signals]:
     if threading.current_thread() is not threading.main_thread():
         return []
     installed = []

@@ -1,0 +1,284 @@
+"""The servicers: ``FlowService`` over a ``FlowRuntime`` and ``BrickService`` over bricks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import grpc
+import orjson
+
+from llmbrick import (
+    Brick,
+    ErrorCode,
+    FlowRuntime,
+    FlowStream,
+    InvalidRequest,
+    LLMBrickError,
+)
+
+from ._generated import brick_pb2, brick_pb2_grpc, flow_pb2, flow_pb2_grpc
+from ._pump import Pump
+from .codec import (
+    decode_request,
+    encode_brick_info,
+    encode_event,
+    encode_flow_info,
+    error_metadata,
+    status_for,
+)
+
+__all__ = ["BrickServicer", "FlowServicer", "create_brick_servicer", "create_servicer"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_ADAPTER_BUG = "internal error in the gRPC adapter; see the server log"
+
+
+async def _abort(context: _Context, error: Mapping[str, Any]) -> NoReturn:
+    await context.abort(status_for(error["code"]), error["message"], error_metadata(error))
+
+
+async def _abort_internal(context: _Context, logger: logging.Logger, what: str) -> NoReturn:
+    logger.exception("gRPC %s failed", what)
+    await _abort(context, {"code": ErrorCode.INTERNAL.value, "message": _ADAPTER_BUG})
+
+
+class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
+    """``llmbrick.v1.FlowService`` for one runtime; see :func:`create_servicer`."""
+
+    def __init__(self, runtime: FlowRuntime, *, max_batch: int, max_batch_bytes: int) -> None:
+        self.runtime = runtime
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+
+    async def _start(self, request: flow_pb2.StreamRequest, context: _Context) -> FlowStream:
+        try:
+            payload = decode_request(request)
+        except ValueError as exc:
+            message = f"invalid request: {exc}"
+            details = [{"loc": "extra_json", "message": str(exc), "type": "value_error"}]
+            await _abort(context, InvalidRequest(message, details=details).to_info())
+        try:
+            return self.runtime.start(None, payload, transport="grpc")
+        except LLMBrickError as exc:
+            await _abort(context, exc.to_info())
+
+    # A coroutine using context.write() rather than an async generator: gRPC cancels the
+    # handler's task, so a client's cancel or deadline reaches the finally below at once.
+    async def Stream(  # type: ignore[override]
+        self, request: flow_pb2.StreamRequest, context: _Context
+    ) -> None:
+        """Stream a flow's events, every waiting event in one message."""
+        stream = await self._start(request, context)
+        pump = Pump(stream, self.max_batch)
+        last: Mapping[str, Any] | None = None
+        try:
+            while True:
+                batch = await pump.take()
+                if not batch:
+                    break
+                await self._send(context, batch)
+                last = batch[-1]
+                if last["type"] == "done" or last["type"] == "error":
+                    break
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            await _abort_internal(context, self.runtime.logger, "Stream")
+        finally:
+            await pump.aclose()
+        if last is not None and last["type"] == "error":
+            await _abort(context, last["error"])
+
+    async def _send(self, context: _Context, batch: list[Any]) -> None:
+        budget = self.max_batch_bytes
+        response = flow_pb2.StreamResponse()
+        events = response.events
+        size = 0
+        for event in batch:
+            message = encode_event(event, events.add())
+            size += message.ByteSize()
+            if size > budget and len(events) > 1:
+                # Too big for one message: send what came before and start a new one with it.
+                del events[-1]
+                await context.write(response)
+                response = flow_pb2.StreamResponse()
+                events = response.events
+                size = encode_event(event, events.add()).ByteSize()
+        await context.write(response)
+
+    async def Invoke(
+        self, request: flow_pb2.StreamRequest, context: _Context
+    ) -> flow_pb2.InvokeResponse:
+        """Run a flow to its end; a failed flow ends the call with its status."""
+        stream = await self._start(request, context)
+        try:
+            result = await stream.collect()
+            error = result["error"]
+            if error is None:
+                response = flow_pb2.InvokeResponse(text=result["text"])
+                add = response.events.add
+                for event in result["events"]:
+                    encode_event(event, add())
+                return response
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            await _abort_internal(context, self.runtime.logger, "Invoke")
+        finally:
+            await stream.aclose()
+        await _abort(context, error)
+
+    async def ListFlows(
+        self, request: flow_pb2.ListFlowsRequest, context: _Context
+    ) -> flow_pb2.ListFlowsResponse:
+        """Every registered flow with its request schema."""
+        try:
+            flows = [encode_flow_info(item) for item in self.runtime.registry.describe()]
+        except Exception:
+            await _abort_internal(context, self.runtime.logger, "ListFlows")
+        return flow_pb2.ListFlowsResponse(flows=flows)
+
+
+class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
+    """``llmbrick.v1.BrickService`` for a set of bricks; see :func:`create_brick_servicer`."""
+
+    def __init__(
+        self,
+        bricks: Mapping[str, Brick[Any, Any]],
+        *,
+        max_batch: int,
+        debug: bool,
+        logger: logging.Logger,
+    ) -> None:
+        self.bricks = bricks
+        self.max_batch = max_batch
+        self.debug = debug
+        self.logger = logger
+
+    def _find(self, name: str) -> Brick[Any, Any]:
+        if not name and len(self.bricks) == 1:
+            return next(iter(self.bricks.values()))
+        brick = self.bricks.get(name)
+        if brick is None:
+            known = ", ".join(repr(n) for n in self.bricks) or "none"
+            what = f"no brick named {name!r}" if name else "a brick name is required"
+            raise LLMBrickError(
+                f"{what}; served bricks: {known}", code=ErrorCode.NOT_FOUND, details={"brick": name}
+            )
+        return brick
+
+    def _input(self, brick: Brick[Any, Any], text: str) -> Any:
+        try:
+            value = orjson.loads(text or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"invalid input for brick {brick.name!r}: input_json: malformed JSON: {exc}",
+                details=[{"loc": "input_json", "message": str(exc), "type": "json_invalid"}],
+            ) from None
+        return brick.to_input(value)
+
+    async def _fail(self, context: _Context, exc: Exception, brick: str) -> NoReturn:
+        if isinstance(exc, (grpc.aio.AbortError, grpc.aio.UsageError)):
+            raise exc
+        if isinstance(exc, LLMBrickError):
+            if exc.code is ErrorCode.INTERNAL and not self.debug:
+                self.logger.error("brick %s failed: %s", brick, exc.message)
+            await _abort(context, exc.to_info())
+        self.logger.error("brick %s crashed", brick, exc_info=exc)
+        message = (
+            f"{type(exc).__name__}: {exc}"
+            if self.debug
+            else f"internal error in brick {brick!r}; see the server log"
+        )
+        await _abort(context, {"code": ErrorCode.INTERNAL.value, "message": message})
+
+    async def Info(
+        self, request: brick_pb2.BrickInfoRequest, context: _Context
+    ) -> brick_pb2.BrickInfo:
+        """A brick's kind, mode, model names and JSON schemas."""
+        try:
+            return encode_brick_info(self._find(request.name).info())
+        except Exception as exc:
+            await self._fail(context, exc, request.name)
+
+    async def ListBricks(
+        self, request: brick_pb2.ListBricksRequest, context: _Context
+    ) -> brick_pb2.ListBricksResponse:
+        """Every served brick's info."""
+        try:
+            infos = [encode_brick_info(brick.info()) for brick in self.bricks.values()]
+        except Exception as exc:
+            await self._fail(context, exc, "*")
+        return brick_pb2.ListBricksResponse(bricks=infos)
+
+    async def Unary(
+        self, request: brick_pb2.BrickRequest, context: _Context
+    ) -> brick_pb2.BrickResponse:
+        """Run a unary brick on one input."""
+        try:
+            brick = self._find(request.name)
+            if brick.mode == "stream":
+                raise LLMBrickError(
+                    f"brick {brick.name!r} streams: call BrickService/Stream",
+                    code=ErrorCode.FAILED_PRECONDITION,
+                )
+            output = await brick.run(self._input(brick, request.input_json))
+            return brick_pb2.BrickResponse(output_json=output.model_dump_json())
+        except Exception as exc:
+            await self._fail(context, exc, request.name)
+
+    async def Stream(  # type: ignore[override]  # write() style, as FlowServicer.Stream
+        self, request: brick_pb2.BrickRequest, context: _Context
+    ) -> None:
+        """Run a brick and stream its outputs, every waiting output in one message."""
+        try:
+            brick = self._find(request.name)
+            outputs = brick.stream(self._input(brick, request.input_json))
+        except Exception as exc:
+            await self._fail(context, exc, request.name)
+        pump = Pump(outputs, self.max_batch)
+        try:
+            while batch := await pump.take():
+                response = brick_pb2.BrickStreamResponse()
+                response.outputs_json.extend(output.model_dump_json() for output in batch)
+                await context.write(response)
+        except Exception as exc:
+            await self._fail(context, exc, brick.name)
+        finally:
+            await pump.aclose()
+
+
+def create_servicer(
+    runtime: FlowRuntime, *, max_batch: int = 64, max_batch_bytes: int = 1 << 20
+) -> FlowServicer:
+    """The ``FlowService`` servicer for ``runtime``, to add to any ``grpc.aio`` server.
+
+    Args:
+        runtime: the runtime shared with every other adapter.
+        max_batch: events one response may carry (also the per-stream buffer).
+        max_batch_bytes: encoded bytes after which a response is sent and a new one
+            begun; keep it under the clients' maximum receive size.
+    """
+    return FlowServicer(runtime, max_batch=max_batch, max_batch_bytes=max_batch_bytes)
+
+
+def create_brick_servicer(
+    bricks: Mapping[str, Brick[Any, Any]],
+    *,
+    max_batch: int = 64,
+    debug: bool = False,
+    logger: logging.Logger | None = None,
+) -> BrickServicer:
+    """The ``BrickService`` servicer for ``bricks`` (name -> brick; may grow later).
+
+    Args:
+        bricks: the bricks to serve, by name.
+        max_batch: outputs one response may carry.
+        debug: send internal exception text to clients (never in production).
+        logger: where brick crashes go.
+    """
+    return BrickServicer(
+        bricks, max_batch=max_batch, debug=debug, logger=logger or logging.getLogger("llmbrick")
+    )

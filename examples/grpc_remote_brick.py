@@ -1,0 +1,34 @@
+"""A pipeline spanning two processes: the LLM brick runs elsewhere, the gateway composes it.
+
+Start the brick's server (``python examples/grpc_server.py`` serves its EchoLLM
+as the brick ``echo`` on port 50051), then the gateway::
+
+    python examples/grpc_remote_brick.py 127.0.0.1:50051
+
+The gateway guards requests locally, calls the remote LLM over gRPC and
+streams the result over SSE on port 8000::
+
+    curl -N http://127.0.0.1:8000/chat/completions -H 'content-type: application/json' \
+        -d '{"messages": [{"role": "user", "content": "hello from afar"}]}'
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llmbrick import KeywordGuard, Pipeline
+from llmbrick_grpc import RemoteBrick
+from llmbrick_sse import SSEServer
+
+
+def build(address: str) -> Pipeline:
+    """The gateway's pipeline: a local guard, then the remote ``echo`` brick at ``address``.
+
+    ``RemoteBrick`` asks the server for the brick's kind and models and checks
+    them against this pipeline now, at assembly time.
+    """
+    return Pipeline().add_brick(KeywordGuard(["password"])).add_brick(RemoteBrick(address, "echo"))
+
+
+if __name__ == "__main__":
+    SSEServer(build(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051")).run(port=8000)
