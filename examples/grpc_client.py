@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from llmbrick import LLMBrickError
 from llmbrick_grpc import GrpcClient
 
 
@@ -30,10 +29,9 @@ async def main(address: str = "127.0.0.1:50051") -> list[str]:
         say("countdown: " + " ".join(str(e["data"]["n"]) for e in result["events"][:-1]))
         refused = await client.invoke(None, {"messages": [{"role": "user", "content": "bomb"}]})
         say(f"refused: {refused['error']}")
-        try:
-            await client.invoke("no-such-flow", request)
-        except LLMBrickError as exc:
-            say(f"error: {exc.code.value}: {exc.message}")
+        missing = await client.invoke("no-such-flow", request)
+        if missing["error"] is not None:
+            say(f"error: {missing['error']['code']}: {missing['error']['message']}")
     return lines
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from llmbrick import Event, InvokeResult
 
 from ._generated import flow_pb2, flow_pb2_grpc
-from .codec import decode_event, decode_flow_info, encode_request
+from .codec import decode_event, decode_flow_info, encode_request, error_from_metadata
 from .errors import error_info, exception_for
 
 __all__ = ["GrpcClient", "channel_options", "open_channel"]
@@ -66,10 +66,12 @@ class GrpcClient:
     """A client for ``llmbrick.v1.FlowService``; one channel for every call.
 
     Use it as ``async with GrpcClient("host:50051") as client: ...``, or call
-    :meth:`close` yourself. Errors before a stream starts raise the matching
-    :class:`llmbrick.LLMBrickError` (``FlowNotFound``, ``InvalidRequest``,
-    ``Overloaded``, ``Unavailable``, ``DeadlineExceeded``, ...); an error once
-    events flow is the stream's terminal ``error`` event, as with ``FlowRuntime.run``.
+    :meth:`close` yourself. Whatever the server reports (an unknown flow, an
+    invalid request, overload, a failure midway) is the stream's one terminal
+    ``error`` event, as with ``FlowRuntime.run`` and the SSE and WebSocket
+    clients. Only a call no llmbrick server answered (unreachable address, a
+    client deadline before the first event) raises the matching
+    :class:`llmbrick.LLMBrickError` (``Unavailable``, ``DeadlineExceeded``, ...).
 
     Args:
         address: ``host:port`` (any gRPC target string).
@@ -151,7 +153,7 @@ class GrpcClient:
             timeout: deadline in seconds for the whole stream; ``None``: the client's.
 
         Raises:
-            LLMBrickError: the stream could not start (the subclass names the code).
+            LLMBrickError: no llmbrick server answered (the subclass names the code).
         """
         call = self._flows().Stream(
             encode_request(_payload(flow, request)),
@@ -170,10 +172,14 @@ class GrpcClient:
         except grpc.aio.AioRpcError as exc:
             if ended:
                 return  # the terminal error event already said it; this is its status
-            info = error_info(exc)
-            if received == 0:
-                raise exception_for(info) from None
-            # The call broke mid-stream (deadline, server gone): end like the runtime would.
+            answer = error_from_metadata(exc.trailing_metadata())
+            if answer is None and received == 0:
+                # No llmbrick server answered (unreachable, client deadline): an exception,
+                # as a refused connection is for the SSE and WebSocket clients.
+                raise exception_for(error_info(exc)) from None
+            # The server refused the stream, or the call broke mid-stream: one terminal
+            # error event, exactly as FlowRuntime.run and the other clients report it.
+            info = answer or error_info(exc)
             yield {"type": "error", "error": info, "id": str(received + 1), "progress": "ERROR"}
         finally:
             call.cancel()
@@ -191,7 +197,7 @@ class GrpcClient:
         it produced, with ``error`` set.
 
         Raises:
-            LLMBrickError: the flow could not start.
+            LLMBrickError: no llmbrick server answered.
         """
         events: list[Event] = []
         async for event in self.stream(flow, request, timeout=timeout):
