@@ -269,6 +269,14 @@ class GrpcServer:
         _log.info("gRPC server listening on %s", _address(host, bound))
         return bound
 
+    async def enter_graceful_shutdown(self) -> None:
+        """Report NOT_SERVING on the health service, so balancers stop sending calls.
+
+        The gateway calls it when it starts draining; :meth:`stop` calls it too.
+        """
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop gracefully: report NOT_SERVING, let streams finish for ``grace`` seconds.
 
@@ -280,8 +288,7 @@ class GrpcServer:
         server = self._server
         if server is None:
             return
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        await self.enter_graceful_shutdown()
         wait = grace
         if self._owns_runtime:
             if not await self.runtime.drain(grace or 0.0):

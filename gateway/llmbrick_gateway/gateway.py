@@ -159,7 +159,9 @@ class Gateway:
                 self.urls["grpc"] = f"grpc://{_url_host(self.host)}:{self.grpc.port}"
             self._announce()
             self.started.set()
-            waiters = [asyncio.ensure_future(self._stop_requested.wait())]
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._stop_requested.wait())
+            ]
             if http_task is not None:
                 waiters.append(http_task)
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -177,10 +179,11 @@ class Gateway:
             _log.info("gateway stopped")
 
     async def _drain(self) -> None:
+        self.runtime.shutdown()  # at once: health answers 503 and new streams are refused
         running = self.runtime.active_streams
         _log.info("draining: %d stream(s) running, up to %g s", running, self.drain_timeout)
         if self.grpc is not None:
-            self.grpc.set_serving(False)
+            await self.grpc.enter_graceful_shutdown()
         if await self.runtime.drain(self.drain_timeout) and not self._forced:
             return
         stopped = self.runtime.stop_streams()
@@ -201,15 +204,15 @@ class Gateway:
         names = ", ".join(self.runtime.registry.names()) or "none"
         lines = [f"llmbrick gateway: flows {names}"]
         labels = {
-            "sse": "SSE        POST",
-            "websocket": "WebSocket  ",
-            "grpc": "gRPC       ",
-            "flows": "flows      GET ",
-            "health": "health     GET ",
+            "sse": "SSE",
+            "websocket": "WebSocket",
+            "grpc": "gRPC",
+            "flows": "flows",
+            "health": "health",
         }
         for key, label in labels.items():
             if key in self.urls:
-                lines.append(f"  {label}{self.urls[key]}")
+                lines.append(f"  {label:<10} {self.urls[key]}")
         lines.append("Press Ctrl+C to stop (running streams get to finish first).")
         print("\n".join(lines), file=self.out, flush=True)
 
