@@ -35,23 +35,32 @@ def load_target(spec: str) -> object:
             module = importlib.import_module(location)
         except ImportError as exc:
             raise TargetError(f"cannot import {location!r}: {exc}") from None
-    names = [name] if name else [n for n in _DEFAULT_NAMES if hasattr(module, n)]
-    if not names:
-        tried = ", ".join(_DEFAULT_NAMES)
-        raise TargetError(f"{location} defines none of {tried}; name one as {location}:NAME")
-    try:
-        obj = getattr(module, names[0])
-    except AttributeError:
-        raise TargetError(f"{location} has no attribute {names[0]!r}") from None
+    if name:
+        if not hasattr(module, name):
+            raise TargetError(f"{location} has no attribute {name!r}")
+        obj = _servable(getattr(module, name))
+        if obj is None:
+            raise TargetError(
+                f"{spec} is a {type(getattr(module, name)).__name__}; expected a Pipeline, "
+                "a Brick, a FlowRegistry or a FlowRuntime"
+            )
+        return obj
+    for candidate in _DEFAULT_NAMES:
+        obj = _servable(getattr(module, candidate, None))
+        if obj is not None:
+            return obj
+    tried = ", ".join(_DEFAULT_NAMES)
+    raise TargetError(f"{location} defines none of {tried}; name one as {location}:NAME")
+
+
+def _servable(obj: object) -> object | None:
+    """``obj`` itself, the runtime of a server object, or ``None`` if it cannot be served."""
     runtime = getattr(obj, "runtime", None)
     if isinstance(runtime, FlowRuntime):
         return runtime
     if isinstance(obj, Pipeline | Brick | FlowRegistry | FlowRuntime):
         return obj
-    raise TargetError(
-        f"{spec} is a {type(obj).__name__}; expected a Pipeline, a Brick, a FlowRegistry "
-        "or a FlowRuntime"
-    )
+    return None
 
 
 def _import_file(path: Path) -> object:

@@ -1,0 +1,220 @@
+"""The ``llmbrick`` command as a user runs it: a real process, real ports, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llmbrick_gateway import connect
+from tests.support import TIMEOUT
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = [sys.executable, "-m", "llmbrick_gateway"]
+
+SLOW_APP = textwrap.dedent(
+    """
+    import asyncio
+    from llmbrick import FlowRegistry
+
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def paced(request):
+        for n in range(int(request.metadata["n"])):
+            yield {"type": "text", "text": f"{n} "}
+            await asyncio.sleep(float(request.metadata["pace"]))
+    """
+)
+
+
+class Gateway:
+    """A gateway subprocess and the endpoint URLs it printed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, urls: dict[str, str]) -> None:
+        self.process = process
+        self.urls = urls
+
+    async def stop(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.stderr is not None
+        _, stderr = await asyncio.wait_for(self.process.communicate(), TIMEOUT)
+        return self.process.returncode or 0, stderr.decode()
+
+
+@asynccontextmanager
+async def gateway(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LLMBRICK_HTTP_PORT": "0", "LLMBRICK_GRPC_PORT": "0", **(env or {})},
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    urls: dict[str, str] = {}
+    try:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT)).decode()
+            assert line, "the gateway exited before it was ready"
+            if line.startswith("Press Ctrl+C"):
+                break
+            parts = line.split()
+            if len(parts) == 2:
+                urls[parts[0]] = parts[1]
+        yield Gateway(process, urls)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_serve_the_demo_and_call_it_over_every_transport() -> None:
+    async with gateway() as served:
+        assert set(served.urls) == {"SSE", "WebSocket", "gRPC", "flows", "health"}
+        http = served.urls["SSE"].removesuffix("/chat/completions")
+        for url in (http, served.urls["WebSocket"], served.urls["gRPC"]):
+            code, out, err = await run("call", url, "--message", "hello there")
+            assert (code, out) == (0, "You said: hello there\n"), err
+        code, out, err = await run("call", served.urls["gRPC"], "-m", "a bomb")
+        assert code == 1
+        assert "error PERMISSION_DENIED: keyword-guard: blocked word 'bomb'" in err
+        code, out, _ = await run("call", http, "--events", "-m", "hi")
+        assert out.splitlines()[-1] == '{"type": "done", "id": "4", "progress": "DONE"}'
+        returncode, stderr = await served.stop()
+    assert returncode == 0
+    assert "stream end id=s1 flow=default transport=sse outcome=done" in stderr
+    assert "hello there" not in stderr  # no prompt text in the logs at INFO
+
+
+async def test_graceful_shutdown_lets_running_streams_finish(tmp_path: Path) -> None:
+    app = tmp_path / "slow_app.py"
+    app.write_text(SLOW_APP)
+    request = {"messages": [{"role": "user", "content": "x"}], "metadata": {"n": 8, "pace": 0.05}}
+    async with gateway(f"{app}:registry") as served:
+        http = served.urls["SSE"].removesuffix("/chat/completions")
+        urls = [http, served.urls["WebSocket"], served.urls["gRPC"]]
+        async with asyncio.TaskGroup() as group:
+            first = [asyncio.Event() for _ in urls]
+            tasks = [
+                group.create_task(_read(u, request, f)) for u, f in zip(urls, first, strict=True)
+            ]
+            for started in first:
+                await asyncio.wait_for(started.wait(), TIMEOUT)
+            stopping = group.create_task(served.stop())
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                # Draining: health says so and new streams are refused (polled, bounded).
+                for _ in range(200):
+                    health = await client.get(served.urls["health"])
+                    if health.status_code == 503:
+                        break
+                assert health.status_code == 503
+                refused = await client.post(served.urls["SSE"], json=request)
+                assert refused.json()["error"]["code"] == "UNAVAILABLE"
+        returncode, _ = stopping.result()
+    assert returncode == 0
+    for task in tasks:
+        events = task.result()
+        assert [e.get("text") for e in events] == [f"{n} " for n in range(8)] + [None]
+        assert events[-1]["type"] == "done"
+
+
+async def test_streams_past_the_drain_timeout_end_with_unavailable(tmp_path: Path) -> None:
+    app = tmp_path / "slow_app.py"
+    app.write_text(SLOW_APP)
+    request = {
+        "messages": [{"role": "user", "content": "x"}],
+        "metadata": {"n": 1000, "pace": 0.05},
+    }
+    async with gateway(str(app), "--drain-timeout", "0.3") as served:
+        http = served.urls["SSE"].removesuffix("/chat/completions")
+        urls = [http, served.urls["WebSocket"], served.urls["gRPC"]]
+        first = [asyncio.Event() for _ in urls]
+        tasks = [
+            asyncio.create_task(_read(u, request, f)) for u, f in zip(urls, first, strict=True)
+        ]
+        for started in first:
+            await asyncio.wait_for(started.wait(), TIMEOUT)
+        returncode, stderr = await served.stop()
+        results = await asyncio.gather(*tasks)
+    assert returncode == 0
+    assert "ended 3 stream(s) still running after the drain timeout" in stderr
+    for events in results:
+        assert events[-1]["type"] == "error", events[-3:]
+        assert events[-1]["error"]["code"] == "UNAVAILABLE"
+        assert [e["id"] for e in events] == [str(n) for n in range(1, len(events) + 1)]
+
+
+async def _read(url: str, request: dict[str, Any], first: asyncio.Event) -> list[Any]:
+    events = []
+    async with connect(url) as client, aclosing(client.stream("default", request)) as stream:
+        async for event in stream:
+            events.append(event)
+            first.set()
+    return events
+
+
+async def test_transports_and_settings_from_the_environment() -> None:
+    env = {"LLMBRICK_TRANSPORTS": "sse", "LLMBRICK_MAX_STREAMS": "2"}
+    async with gateway(env=env) as served:
+        assert set(served.urls) == {"SSE", "flows", "health"}
+        returncode, _ = await served.stop()
+    assert returncode == 0
+
+
+async def test_flows_lists_a_targets_flows() -> None:
+    code, out, err = await run("flows", "examples/multi_flow.py:server")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "default: Echo chat."
+    assert lines[2] == "shout: Answers in capitals, word by word."
+    assert lines[4] == "sum: Adds numbers and reports the running total."
+    assert lines[5] == "    requires numbers; fields: numbers"
+    code, out, _ = await run("flows", "--json")
+    assert code == 0 and '"requestSchema"' in out
+
+
+async def test_target_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_anywhere\n")
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("pipeline = 42\n")
+    cases = [
+        (["serve", "missing.py"], "llmbrick: no such file: missing.py"),
+        (["serve", "no_such_package.mod:obj"], "llmbrick: cannot import 'no_such_package.mod'"),
+        (["serve", str(broken)], "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+        (["serve", f"{wrong}:pipeline"], "is a int; expected a Pipeline, a Brick"),
+        (["serve", f"{wrong}:other"], "has no attribute 'other'"),
+        (["flows", "llmbrick"], "defines none of pipeline, runtime, registry, brick, server"),
+        (["call", "ftp://x", "-m", "x"], "use http://, ws:// or grpc://"),
+        (["call", "http://127.0.0.1:1"], "give --message TEXT"),
+    ]
+    for args, message in cases:
+        code, _, err = await run(*args)
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    code, _, err = await run("serve", "--transports", "sse,carrier-pigeon")
+    assert code == 2 and "choose from sse,websocket,grpc" in err
