@@ -6,7 +6,13 @@ as the brick ``echo`` on port 50051), then the gateway::
     python examples/grpc_remote_brick.py 127.0.0.1:50051
 
 The gateway guards requests locally, calls the remote LLM over gRPC and
-streams the result over SSE on port 8000::
+streams the result over SSE on port 8000. The same pipeline runs on every
+transport under the gateway command, with the brick server's address in
+``LLMBRICK_REMOTE_BRICK``::
+
+    LLMBRICK_REMOTE_BRICK=127.0.0.1:50051 llmbrick serve examples/grpc_remote_brick.py
+
+Then::
 
     curl -N http://127.0.0.1:8000/chat/completions -H 'content-type: application/json' \
         -d '{"messages": [{"role": "user", "content": "hello from afar"}]}'
@@ -14,6 +20,7 @@ streams the result over SSE on port 8000::
 
 from __future__ import annotations
 
+import os
 import sys
 
 from llmbrick import KeywordGuard, Pipeline
@@ -28,6 +35,13 @@ def build(address: str) -> Pipeline:
     them against this pipeline now, at assembly time.
     """
     return Pipeline().add_brick(KeywordGuard(["password"])).add_brick(RemoteBrick(address, "echo"))
+
+
+def __getattr__(name: str) -> object:
+    # `llmbrick serve` looks up `pipeline`; build it only then, when the brick server is up.
+    if name == "pipeline":
+        return build(os.environ.get("LLMBRICK_REMOTE_BRICK", "127.0.0.1:50051"))
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A guarded chat pipeline and a flow of its own, served over gRPC (with the LLM brick too).
 
-Run it with ``python examples/grpc_server.py`` (port 50051), then call it with
+Run it with ``python examples/grpc_server.py [PORT]`` (default 50051), then call it with
 the Python client (``python examples/grpc_client.py``) or, through server
 reflection, with grpcurl::
 
@@ -41,4 +41,6 @@ async def countdown(request: Countdown) -> AsyncIterator[Event]:
 
 
 if __name__ == "__main__":
-    server.run("127.0.0.1", 50051)
+    import sys
+
+    server.run("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 50051)

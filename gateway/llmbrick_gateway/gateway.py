@@ -49,6 +49,7 @@ class Gateway:
         log_level: uvicorn's and gRPC's log level name.
         sse, websocket, grpc: keyword options for ``SSEServer``,
             ``WebSocketServer`` and ``GrpcServer``.
+        routes: more Litestar route handlers for the HTTP app (a page, an admin view).
         out: where the endpoint URLs are printed on start (``None``: nowhere).
     """
 
@@ -65,6 +66,7 @@ class Gateway:
         sse: dict[str, Any] | None = None,
         websocket: dict[str, Any] | None = None,
         grpc: dict[str, Any] | None = None,
+        routes: Iterable[Any] = (),
         out: TextIO | None = sys.stdout,
     ) -> None:
         chosen = tuple(dict.fromkeys(transports))
@@ -89,7 +91,7 @@ class Gateway:
         self._stop_requested: asyncio.Event | None = None
         self._forced = False
 
-        handlers: list[Any] = [create_meta_router(self.runtime)]
+        handlers: list[Any] = [create_meta_router(self.runtime), *routes]
         self._uvicorn: dict[str, Any] = {}
         self.sse = self.websocket = None
         if "sse" in chosen:
