@@ -134,6 +134,13 @@ class FlowRuntime:
         if self._draining:
             raise Unavailable("the server is shutting down; retry on another instance")
         spec = self.registry.get(self.flow_name(name, payload))
+        if (
+            isinstance(payload, Mapping)
+            and payload.get("flow") != spec.name
+            and "flow" in spec.request_model.model_fields
+        ):
+            # The request names the flow it runs in, however the name was given.
+            payload = {**payload, "flow": spec.name}
         request = self.validate(spec, payload)
         if self.max_streams is not None and len(self._streams) >= self.max_streams:
             raise Overloaded(f"the server runs its maximum of {self.max_streams} streams")

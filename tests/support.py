@@ -81,3 +81,15 @@ async def sse_events(
         response = await client.post(path, json=payload)
         assert response.status_code == 200, response.text
         return [data for name, _, data in parse_sse(response.text) if name != ":"]
+
+
+@asynccontextmanager
+async def serve_gateway(gateway: Any) -> AsyncIterator[Any]:
+    """Run a ``llmbrick_gateway.Gateway`` in this event loop; stops (draining) on exit."""
+    task = asyncio.create_task(gateway.serve())
+    await asyncio.wait_for(gateway.started.wait(), TIMEOUT)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, TIMEOUT)

@@ -24,7 +24,7 @@ from llmbrick import (
     Pipeline,
 )
 from llmbrick_gateway import Gateway, connect
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, serve_gateway
 
 TRANSPORTS = ["sse", "websocket", "grpc"]
 
@@ -52,6 +52,10 @@ class Flows:
             yield {"type": "tool_call", "data": {"name": "f", "args": {"x": [1, 2.5, "3"]}}}
             yield {"type": "text", "text": "", "context": {"conversationId": "c1", "cursor": "9"}}
             yield {"type": "done", "metadata": {"tokens": 2}}
+
+        @registry.flow("echo-request")
+        async def echo_request(request: ChatRequest) -> AsyncIterator[Event]:
+            yield {"type": "data", "data": request.model_dump(mode="json", exclude_none=True)}
 
         @registry.flow("empty")
         async def empty(request: ChatRequest) -> AsyncIterator[Event]:
@@ -91,14 +95,8 @@ async def flows() -> Flows:
 @pytest.fixture
 async def gateway(flows: Flows) -> AsyncIterator[Gateway]:
     runtime = FlowRuntime(flows.registry, max_streams=4)
-    gateway = Gateway(runtime, http_port=0, grpc_port=0, out=None)
-    task = asyncio.create_task(gateway.serve())
-    await asyncio.wait_for(gateway.started.wait(), TIMEOUT)
-    try:
+    async with serve_gateway(Gateway(runtime, http_port=0, grpc_port=0, out=None)) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
-        await asyncio.wait_for(task, TIMEOUT)
 
 
 def url(gateway: Gateway, transport: str) -> str:
@@ -121,6 +119,22 @@ async def expected(runtime: FlowRuntime, flow: str, request: dict[str, Any]) -> 
         ("default", ask("hello big world")),
         ("rich", ask("x")),
         ("empty", ask("x")),
+        (
+            "echo-request",
+            ask(
+                "options",
+                model="m-1",
+                temperature=0.5,
+                maxTokens=7,
+                sessionId="s",
+                clientId="c",
+                sourceLanguage="fr",
+                tools=[{"type": "function", "name": "f"}],
+                toolChoice="auto",
+                metadata={"k": "v", "n": 2, "f": 2.0, "nested": {"l": [1, None]}},
+                stream=True,
+            ),
+        ),
         ("default", ask("a bomb")),
         ("denied", ask("x")),
         ("nope", ask("x")),

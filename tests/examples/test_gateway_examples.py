@@ -6,8 +6,6 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +13,9 @@ import httpx
 
 from llmbrick_gateway import Gateway, connect
 from tests.examples.test_sse_examples import load
-from tests.support import TIMEOUT, parse_sse
+from tests.support import TIMEOUT, parse_sse, serve_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@asynccontextmanager
-async def serving(gateway: Gateway) -> AsyncIterator[Gateway]:
-    task = asyncio.create_task(gateway.serve())
-    await asyncio.wait_for(gateway.started.wait(), TIMEOUT)
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-        await asyncio.wait_for(task, TIMEOUT)
 
 
 async def text_over(url: str, request: dict[str, Any]) -> str:
@@ -42,7 +29,7 @@ async def test_rag_pipeline_over_every_transport() -> None:
     rag = load("rag")
     rag.pipeline.bricks[2].delay = 0
     request = {"messages": [{"role": "user", "content": "what is the gateway"}]}
-    async with serving(Gateway(rag.pipeline, http_port=0, grpc_port=0, out=None)) as gateway:
+    async with serve_gateway(Gateway(rag.pipeline, http_port=0, grpc_port=0, out=None)) as gateway:
         texts = [
             await text_over(gateway.urls[transport], request)
             for transport in ("sse", "websocket", "grpc")
@@ -52,7 +39,7 @@ async def test_rag_pipeline_over_every_transport() -> None:
 
 async def test_browser_page_is_served_beside_both_endpoints() -> None:
     browser = load("browser/app")
-    async with serving(browser.build(http_port=0, grpc_port=0, out=None)) as gateway:
+    async with serve_gateway(browser.build(http_port=0, grpc_port=0, out=None)) as gateway:
         base = gateway.urls["sse"].removesuffix("/chat/completions")
         async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as client:
             page = await client.get("/")

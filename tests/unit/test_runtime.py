@@ -429,3 +429,16 @@ def test_runtime_rejects_bad_limits() -> None:
         FlowRuntime(timeout=0)
     with pytest.raises(ValueError, match="max_streams"):
         FlowRuntime(max_streams=0)
+
+
+async def test_the_request_names_the_flow_it_runs_in() -> None:
+    seen: list[str] = []
+
+    async def flow(request: ChatRequest) -> AsyncIterator[Event]:
+        seen.append(request.flow)
+        yield {"type": "text", "text": "x"}
+
+    runtime = make_runtime(("named", flow))
+    await collect(runtime, "named", HELLO)
+    await collect(runtime, None, {**HELLO, "flow": "named"})
+    assert seen == ["named", "named"]
