@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -43,8 +43,6 @@ _STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-# A send that took this long waited for the client to drain its socket buffer.
-_SLOW_SEND = 0.001
 # Frames kept ready per stream while the client is slow; the flow waits beyond this.
 _READ_AHEAD = 256
 _STREAM_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -106,6 +104,32 @@ class _Watch:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+class _Rest:
+    """Awaits the rest of an awaitable whose first step already ran (and had to wait)."""
+
+    __slots__ = ("_signal", "_steps")
+
+    def __init__(self, steps: Generator[Any, Any, Any], signal: Any) -> None:
+        self._steps = steps
+        self._signal = signal
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps, signal = self._steps, self._signal
+        while True:
+            try:
+                value = yield signal
+            except BaseException as exc:  # a cancellation goes to the step in flight
+                try:
+                    signal = steps.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    signal = steps.send(value)
+                except StopIteration as done:
+                    return done.value
 
 
 class _ReadAhead:
@@ -196,19 +220,22 @@ class _ChatEndpoint:
 
     async def _stream(self, stream: FlowStream, send: Send, watch: _Watch) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-        clock = asyncio.get_running_loop().time
         async with aclosing(stream):
             async for event in stream:
                 watch.sent += 1
-                began = clock()
-                await send(
+                steps = send(
                     {"type": "http.response.body", "body": encode_event(event), "more_body": True}
-                )
-                if clock() - began > _SLOW_SEND:
-                    # The client reads slower than the flow produces: from now on read
-                    # ahead in a second task and send whatever piled up in one write.
-                    await _send_read_ahead(stream, send, watch)
-                    break
+                ).__await__()
+                try:
+                    signal = next(steps)
+                except StopIteration:
+                    continue  # written at once: the client keeps up
+                # The send has to wait for the client to drain its socket buffer: the
+                # client reads slower than the flow produces. Finish this send, then read
+                # ahead in a second task and send whatever piled up in one write.
+                await _Rest(steps, signal)
+                await _send_read_ahead(stream, send, watch)
+                break
         watch.finished = True
         await send(_STREAM_END)
 
