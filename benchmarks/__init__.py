@@ -1,0 +1,1 @@
+"""llmbrick's benchmark suite: ``python -m benchmarks.run`` (see benchmarks/README.md)."""
