@@ -152,7 +152,7 @@ def event_problem(event: object) -> str | None:
     kind = event.get("type")
     if type(kind) is not str or not kind:
         return "an event needs a non-empty string 'type'"
-    if kind != kind.lower():
+    if not kind.islower() and kind != kind.lower():
         return f"event type {kind!r} must be a lowercase name"
     if kind == "error":
         error = event.get("error")
@@ -162,4 +162,9 @@ def event_problem(event: object) -> str | None:
             or type(error.get("message")) is not str
         ):
             return "an 'error' event needs error.code and error.message strings"
-    return _json_problem(event, "event", 0)
+    # Most events are a few flat ASCII strings: check those inline, walk the rest.
+    for key, value in event.items():
+        if type(value) is str and value.isascii() and type(key) is str:
+            continue
+        return _json_problem(event, "event", 0)
+    return None
