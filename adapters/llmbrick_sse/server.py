@@ -69,41 +69,67 @@ def _rejected(status: int, message: str, *headers: tuple[bytes, bytes]) -> _Reje
 
 
 class _Watch:
-    """Listens for the client going away (cancelling the stream) and sends keepalive pings."""
+    """Listens for the client going away (cancelling the stream) and sends keepalive pings.
 
-    __slots__ = ("_task", "disconnected", "finished", "sent")
+    The pings run on a timer rather than in the listening task, so an idle stream
+    holds one small task and one timer handle.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_ping",
+        "_pinging",
+        "_seen",
+        "_send",
+        "_task",
+        "_timer",
+        "disconnected",
+        "finished",
+        "sent",
+    )
 
     def __init__(self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: float) -> None:
         self.sent = 0
         self.disconnected = False
         self.finished = False
-        self._task = asyncio.create_task(self._run(receive, send, owner, ping))
+        self._send = send
+        self._ping = ping
+        self._seen = -1
+        self._pinging: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._listen(receive, owner))
+        self._timer = self._loop.call_later(ping, self._tick) if ping > 0 else None
 
-    async def _run(
-        self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: float
-    ) -> None:
-        seen = -1
+    async def _listen(self, receive: Receive, owner: asyncio.Task[Any]) -> None:
         while True:
-            try:
-                if ping > 0:
-                    async with asyncio.timeout(ping):
-                        message = await receive()
-                else:
-                    message = await receive()
-            except TimeoutError:
-                # Ping only after a whole interval with nothing sent.
-                if self.sent == seen and not self.finished:
-                    await send(_PING_MESSAGE)
-                seen = self.sent
-                continue
+            message = await receive()
             if message["type"] == "http.disconnect":
                 if not self.finished:
                     self.disconnected = True
                     owner.cancel()
                 return
 
+    def _tick(self) -> None:
+        # Ping only after a whole interval with nothing sent, and never two at once.
+        if self.finished:
+            return
+        if self.sent == self._seen and (self._pinging is None or self._pinging.done()):
+            self._pinging = self._loop.create_task(self._send_ping())
+        self._seen = self.sent
+        self._timer = self._loop.call_later(self._ping, self._tick)
+
+    async def _send_ping(self) -> None:
+        try:
+            await self._send(_PING_MESSAGE)
+        except OSError:
+            pass  # the client is gone; the listener ends the stream
+
     def stop(self) -> None:
         self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
 
 
 class _Rest:
