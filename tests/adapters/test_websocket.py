@@ -311,7 +311,9 @@ async def test_frame_over_the_limit_closes_1009_under_the_servers_settings() -> 
 async def test_frame_over_the_limit_closes_1009_when_mounted_elsewhere(frame: str | bytes) -> None:
     # Mounted on another app, the protocol layer keeps its own (16 MiB) limit: the
     # handler's check must hold the line. 400 euro signs are 1200 bytes in UTF-8.
-    app = Litestar([create_router(FlowRuntime(registry()), max_message_size=1024)])
+    app = Litestar(
+        [create_router(FlowRuntime(registry()), max_message_size=1024)], logging_config=None
+    )
     async with serve_asgi(app) as address, raw(f"ws://{address}/ws") as ws:
         await send(ws, frame)
         assert await closed_with(ws) == (1009, "message too big")
@@ -444,7 +446,10 @@ async def test_compression_is_off_by_default_and_a_deliberate_setting() -> None:
 
 
 async def test_router_mounts_under_a_prefix_and_path() -> None:
-    app = Litestar([create_router(FlowRuntime(registry()), prefix="/api", path="/stream")])
+    app = Litestar(
+        [create_router(FlowRuntime(registry()), prefix="/api", path="/stream")],
+        logging_config=None,
+    )
     async with serve_asgi(app) as address, raw(f"ws://{address}/api/stream") as ws:
         await send(ws, {"type": "start", "id": "1", "request": chat("mounted")})
         assert (await collect(ws, "1"))["1"][0]["text"] == "mounted"

@@ -100,7 +100,7 @@ CASES = [
 @pytest.fixture
 async def endpoints() -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     runtime = FlowRuntime(flows())
-    app = Litestar([sse_router(runtime), websocket_router(runtime)])
+    app = Litestar([sse_router(runtime), websocket_router(runtime)], logging_config=None)
     async with (
         serve_asgi(app) as address,
         httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as http,
