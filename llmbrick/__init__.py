@@ -69,7 +69,7 @@ from .events import (
 )
 from .registry import FlowHandler, FlowRegistry, FlowSpec
 from .requests import ChatRequest, Message, WireModel
-from .runtime import FlowRuntime, FlowStream, InvokeResult, Outcome
+from .runtime import FlowRuntime, FlowStream, InvokeResult, Outcome, collect_events
 from .serving import as_runtime
 
 __version__ = "0.1.0"
@@ -130,6 +130,7 @@ __all__ = [
     "Unavailable",
     "WireModel",
     "as_runtime",
+    "collect_events",
     "data_event",
     "done_event",
     "error_event",

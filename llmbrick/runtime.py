@@ -32,7 +32,7 @@ from .errors import (
 from .events import ErrorInfo, Event, event_problem
 from .registry import FlowRegistry, FlowSpec
 
-__all__ = ["FlowRuntime", "FlowStream", "InvokeResult", "Outcome"]
+__all__ = ["FlowRuntime", "FlowStream", "InvokeResult", "Outcome", "collect_events"]
 
 Outcome = Literal["done", "error", "cancelled"]
 
@@ -43,6 +43,14 @@ class InvokeResult(TypedDict):
     events: list[Event]
     text: str
     error: ErrorInfo | None
+
+
+def collect_events(events: list[Event]) -> InvokeResult:
+    """A finished stream's events as an :class:`InvokeResult`; every client's ``invoke`` uses it."""
+    text = "".join(event.get("text", "") for event in events if event["type"] == "text")
+    last = events[-1] if events else None
+    error = last.get("error") if last is not None and last["type"] == "error" else None
+    return {"events": events, "text": text, "error": error}
 
 
 class _Stopped(Exception):
@@ -254,10 +262,7 @@ class FlowStream:
         async with aclosing(self):
             async for event in self:
                 events.append(event)
-        text = "".join(event.get("text", "") for event in events if event["type"] == "text")
-        last = events[-1]
-        error = last.get("error") if last["type"] == "error" else None
-        return {"events": events, "text": text, "error": error}
+        return collect_events(events)
 
     async def aclose(self) -> None:
         """Stop the flow (its ``finally`` blocks run) and free the stream's slot."""

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from pydantic import BaseModel
 
-from llmbrick import Event, InvokeResult
+from llmbrick import Event, InvokeResult, collect_events
 
 from ._generated import flow_pb2, flow_pb2_grpc
 from .codec import decode_event, decode_flow_info, encode_request, error_from_metadata
@@ -202,10 +202,7 @@ class GrpcClient:
         events: list[Event] = []
         async for event in self.stream(flow, request, timeout=timeout):
             events.append(event)
-        text = "".join(event.get("text", "") for event in events if event["type"] == "text")
-        last = events[-1] if events else None
-        error = last.get("error") if last is not None and last["type"] == "error" else None
-        return {"events": events, "text": text, "error": error}
+        return collect_events(events)
 
     async def invoke_unary(
         self,

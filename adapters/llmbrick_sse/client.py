@@ -10,7 +10,7 @@ import httpx
 import orjson
 from pydantic import BaseModel
 
-from llmbrick import Event, InvokeResult
+from llmbrick import Event, InvokeResult, collect_events
 
 from .codec import decode_frame
 
@@ -82,10 +82,7 @@ class SSEClient:
 
     async def invoke(self, flow: str, request: Mapping[str, Any] | BaseModel) -> InvokeResult:
         """Run ``flow`` to its end and return every event, the joined text and the error."""
-        events = [event async for event in self.stream(flow, request)]
-        text = "".join(e.get("text", "") for e in events if e["type"] == "text")
-        error = events[-1].get("error") if events and events[-1]["type"] == "error" else None
-        return {"events": events, "text": text, "error": error}
+        return collect_events([event async for event in self.stream(flow, request)])
 
     async def list_flows(self) -> list[dict[str, Any]]:
         """Names, descriptions and request schemas of the server's flows."""

@@ -24,7 +24,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from llmbrick import TERMINAL_TYPES, ErrorCode, ErrorInfo, Event, InvokeResult, LLMBrickError
+from llmbrick import (
+    TERMINAL_TYPES,
+    ErrorCode,
+    ErrorInfo,
+    Event,
+    InvokeResult,
+    LLMBrickError,
+    collect_events,
+)
 
 from .codec import MAX_ID_LENGTH, code_for_close, encode_cancel, encode_start, parse_server_frame
 
@@ -196,10 +204,7 @@ class WebSocketClient:
         async with self.stream(flow, request) as stream:
             async for event in stream:
                 events.append(event)
-        text = "".join(event.get("text", "") for event in events if event["type"] == "text")
-        last = events[-1]
-        error = last.get("error") if last["type"] == "error" else None
-        return {"events": events, "text": text, "error": error}
+        return collect_events(events)
 
     async def close(self) -> None:
         """Close the connection; streams still running end with an error."""
