@@ -25,7 +25,6 @@ from litestar.types import WebSocketSendEvent
 from llmbrick import (
     TERMINAL_TYPES,
     ErrorCode,
-    ErrorInfo,
     FlowRuntime,
     FlowStream,
     LLMBrickError,
@@ -298,13 +297,8 @@ class _Connection:
         put = self._outbox.put
         stream_id = record.id
         async for event in record.stream:
-            try:
-                frame = encode_event(stream_id, event)
-            except TypeError as exc:
-                # A flow bug the runtime cannot see (e.g. a lone surrogate): end the stream.
-                self._forget(record)
-                await put(_unencodable(record, exc))
-                return
+            # The runtime only hands out events JSON can carry, so encoding cannot fail.
+            frame = encode_event(stream_id, event)
             if event["type"] in TERMINAL_TYPES:
                 # Free the id before the terminal event leaves, so the client may reuse it.
                 self._forget(record)
@@ -376,19 +370,6 @@ class _Connection:
                 await self._socket.close(code, text)
         except (TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
             pass  # already closed or the peer stopped reading; uvicorn drops the transport
-
-
-def _unencodable(record: _Stream, exc: TypeError) -> str:
-    stream = record.stream
-    _log.error(
-        "stream %s flow=%s yielded an event JSON cannot carry: %s", stream.id, stream.spec.name, exc
-    )
-    error: ErrorInfo = {
-        "code": ErrorCode.INTERNAL.value,
-        "message": f"internal error in flow {stream.spec.name!r} (stream {stream.id}); "
-        "see server log",
-    }
-    return encode_event(record.id, failed_event(error, record.sent + 1))
 
 
 def create_router(

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 import uvicorn
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.exceptions import HTTPException
 
 from llmbrick import FlowRuntime, as_runtime
 from llmbrick_grpc import GrpcServer
-from llmbrick_sse import SSEServer, create_meta_router, http_error_handler
+from llmbrick_sse import create_meta_router, create_router, http_error_handler
 from llmbrick_websocket import WebSocketServer
 
 __all__ = ["TRANSPORTS", "Gateway"]
@@ -47,7 +47,7 @@ class Gateway:
         drain_timeout: seconds running streams get to finish on shutdown before
             they are ended with an ``UNAVAILABLE`` error event.
         log_level: uvicorn's and gRPC's log level name.
-        sse, websocket, grpc: keyword options for ``SSEServer``,
+        sse, websocket, grpc: keyword options for ``llmbrick_sse.create_router``,
             ``WebSocketServer`` and ``GrpcServer``.
         routes: more Litestar route handlers for the HTTP app (a page, an admin view).
         out: where the endpoint URLs are printed on start (``None``: nowhere).
@@ -93,10 +93,11 @@ class Gateway:
 
         handlers: list[Any] = [create_meta_router(self.runtime), *routes]
         self._uvicorn: dict[str, Any] = {}
-        self.sse = self.websocket = None
+        self.sse: Router | None = None
+        self.websocket: WebSocketServer | None = None
         if "sse" in chosen:
-            self.sse = SSEServer(self.runtime, **(sse or {}))
-            handlers.append(self.sse.router)
+            self.sse = create_router(self.runtime, **(sse or {}))
+            handlers.append(self.sse)
         if "websocket" in chosen:
             self.websocket = WebSocketServer(self.runtime, **(websocket or {}))
             handlers.append(self.websocket.router)
