@@ -9,6 +9,7 @@ into bytes on the wire.
 
 from __future__ import annotations
 
+from .auth import ApiKeyAuth, Authenticator, CallerLimits, hash_key
 from .bricks import (
     Brick,
     BrickMode,
@@ -40,6 +41,7 @@ from .bricks import (
     extract_text,
     model_accepts,
 )
+from .context import Headers, Principal, RequestContext, current_context
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -67,17 +69,22 @@ from .events import (
     meta_event,
     text_event,
 )
+from .observe import RuntimeObserver, StreamResult
 from .registry import FlowHandler, FlowRegistry, FlowSpec
 from .requests import ChatRequest, Message, WireModel
-from .runtime import FlowRuntime, FlowStream, InvokeResult, Outcome, collect_events
+from .runtime import FAIR_SLICE, FlowRuntime, FlowStream, InvokeResult, collect_events
 from .serving import as_runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAIR_SLICE",
     "TERMINAL_TYPES",
+    "ApiKeyAuth",
+    "Authenticator",
     "Brick",
     "BrickMode",
+    "CallerLimits",
     "Cancelled",
     "ChatRequest",
     "CommonBrick",
@@ -103,6 +110,7 @@ __all__ = [
     "GuardBrick",
     "GuardRequest",
     "GuardVerdict",
+    "Headers",
     "IntentResult",
     "IntentionBrick",
     "InvalidRequest",
@@ -112,16 +120,19 @@ __all__ = [
     "LLMBrickError",
     "LLMRequest",
     "Message",
-    "Outcome",
     "Overloaded",
     "PermissionDenied",
     "Pipeline",
     "PipelineTypeError",
+    "Principal",
     "Progress",
     "RectifyBrick",
+    "RequestContext",
     "RetrievalBrick",
     "RetrievalRequest",
     "RetrievalResponse",
+    "RuntimeObserver",
+    "StreamResult",
     "TextChunk",
     "TextInput",
     "TranslateBrick",
@@ -131,11 +142,13 @@ __all__ = [
     "WireModel",
     "as_runtime",
     "collect_events",
+    "current_context",
     "data_event",
     "done_event",
     "error_event",
     "event_problem",
     "extract_text",
+    "hash_key",
     "meta_event",
     "model_accepts",
     "text_event",

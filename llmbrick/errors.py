@@ -124,13 +124,19 @@ class FlowNotFound(LLMBrickError):
 
 
 class Overloaded(LLMBrickError):
-    """The server runs as many streams as it allows; retry later (expected)."""
+    """A limit is reached; retry after ``retry_after`` seconds (expected).
+
+    ``limit`` says whose: ``"server"`` (the server runs all the streams it
+    allows) or ``"caller"`` (this caller's own limits); HTTP answers the first
+    with 503 and the second with 429.
+    """
 
     code = ErrorCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
-        super().__init__(message, details={"retryAfter": retry_after})
+    def __init__(self, message: str, *, retry_after: float = 1.0, limit: str = "server") -> None:
+        super().__init__(message, details={"retryAfter": retry_after, "limit": limit})
         self.retry_after = retry_after
+        self.limit = limit
 
 
 class DeadlineExceeded(LLMBrickError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +34,8 @@ class FlowSpec:
         description: one line for listings.
         timeout: seconds the whole stream may take, or ``None`` for the runtime's default.
         source: what was registered (a function, Pipeline or Brick), for lifecycle hooks.
+        allow: principal ids and scopes that may run it (``None``: anyone the
+            authenticator lets in).
     """
 
     name: str
@@ -42,6 +44,7 @@ class FlowSpec:
     description: str
     timeout: float | None
     source: object
+    allow: frozenset[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """Name, description and request JSON schema, as ``GET /flows`` shows them."""
@@ -110,8 +113,19 @@ class FlowRegistry:
         request_model: type[BaseModel] | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        allow: Iterable[str] | None = None,
     ) -> FlowSpec:
         """Register ``flow`` under ``name``.
+
+        Args:
+            name: what clients ask for.
+            flow: an async generator function, a Pipeline or a Brick.
+            request_model: the request's pydantic model (default: the pipeline's,
+                or ``ChatRequest`` for a function).
+            description: one line for listings (default: the docstring's first line).
+            timeout: seconds a stream of this flow may run.
+            allow: principal ids or scopes allowed to run it; others get
+                ``PERMISSION_DENIED`` (with no authenticator, nobody may).
 
         Raises:
             DuplicateFlow: ``name`` is taken.
@@ -141,7 +155,10 @@ class FlowRegistry:
             )
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"request_model for {name!r} must be a pydantic model class")
-        spec = FlowSpec(name, handler, model, text, timeout, flow)
+        if isinstance(allow, str):
+            raise TypeError("allow= takes a list of principal ids or scopes, not one string")
+        allowed = frozenset(allow) if allow is not None else None
+        spec = FlowSpec(name, handler, model, text, timeout, flow, allowed)
         self._flows[name] = spec
         return spec
 
@@ -152,6 +169,7 @@ class FlowRegistry:
         request_model: type[BaseModel] | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        allow: Iterable[str] | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the name defaults to the function's."""
 
@@ -162,6 +180,7 @@ class FlowRegistry:
                 request_model=request_model,
                 description=description,
                 timeout=timeout,
+                allow=allow,
             )
             return fn
 

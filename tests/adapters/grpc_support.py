@@ -32,7 +32,7 @@ def chat(text: str, flow: str | None = None, **extra: Any) -> dict[str, Any]:
 
 def normalised(value: Any) -> Any:
     """``value`` with stream numbers ("stream s3") blanked: they count streams per runtime."""
-    return orjson.loads(re.sub(rb"stream s\d+", b"stream s?", orjson.dumps(value)))
+    return orjson.loads(re.sub(rb"stream [A-Za-z0-9_-]{16}", b"stream ?", orjson.dumps(value)))
 
 
 @dataclass

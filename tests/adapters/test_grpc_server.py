@@ -316,11 +316,14 @@ async def test_too_many_streams_is_resource_exhausted(hold: Hold) -> None:
             assert (await anext(first))["text"] == "started"
             raw = await raw_stream(client.channel, chat("y"))
             assert raw.status is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert raw.error is not None and raw.error["details"] == {"retryAfter": 1.0}
+            assert raw.error is not None and raw.error["details"] == {
+                "retryAfter": 1.0,
+                "limit": "server",
+            }
             result = await client.invoke(None, chat("y"))
             assert result["error"] is not None
             assert result["error"]["code"] == "RESOURCE_EXHAUSTED"
-            assert result["error"]["details"] == {"retryAfter": 1.0}
+            assert result["error"]["details"] == {"retryAfter": 1.0, "limit": "server"}
             hold.release.set()
 
 

@@ -233,7 +233,7 @@ async def test_runtime_overload_is_the_same_resource_exhausted_event() -> None:
         frame = await recv(ws)
     assert frame["id"] == "b"
     assert frame["event"]["error"]["code"] == "RESOURCE_EXHAUSTED"
-    assert frame["event"]["error"]["details"] == {"retryAfter": 1.0}
+    assert frame["event"]["error"]["details"] == {"retryAfter": 1.0, "limit": "server"}
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,7 @@ async def test_too_many_streams_is_resource_exhausted(
             "error": {
                 "code": "RESOURCE_EXHAUSTED",
                 "message": "the server runs its maximum of 4 streams",
-                "details": {"retryAfter": 1.0},
+                "details": {"retryAfter": 1.0, "limit": "server"},
             },
             "id": "1",
             "progress": "ERROR",

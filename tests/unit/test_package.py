@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import llmbrick
+import llmbrick.auth
 import llmbrick.bricks
+import llmbrick.context
 import llmbrick.errors
 import llmbrick.events
+import llmbrick.observe
 import llmbrick.registry
 import llmbrick.requests
 import llmbrick.runtime
@@ -17,9 +20,12 @@ import llmbrick.serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMODULES = [
+    llmbrick.auth,
     llmbrick.bricks,
+    llmbrick.context,
     llmbrick.errors,
     llmbrick.events,
+    llmbrick.observe,
     llmbrick.registry,
     llmbrick.requests,
     llmbrick.runtime,

@@ -1,0 +1,207 @@
+"""``RequestContext``: who is calling, how, and under which request id, on any transport.
+
+Every adapter builds one per request (an HTTP request, a WebSocket connection,
+a gRPC call) from what its transport carries: peer address, headers or
+metadata, a deadline. The runtime authenticates it, stamps the stream id on it
+and makes it visible to the flow and its bricks through :func:`current_context`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Headers", "Principal", "RequestContext", "current_context"]
+
+# A request id a client sends is echoed into logs and headers: keep it short and printable.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+_current: ContextVar[RequestContext | None] = ContextVar("llmbrick_context", default=None)
+
+
+class Headers(Mapping[str, str]):
+    """Read-only, case-insensitive headers (HTTP) or metadata (gRPC).
+
+    Names are compared in lower case. A name sent several times keeps every
+    value (:meth:`get_all`); item access gives them joined with ``", "``, as
+    HTTP folds repeated headers.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        grouped: dict[str, list[str]] = {}
+        for name, value in pairs:
+            grouped.setdefault(name.lower(), []).append(value)
+        self._items = grouped
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._items[name.lower()])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value sent under ``name``, in order (empty if none)."""
+        return list(self._items.get(name.lower(), ()))
+
+    def __repr__(self) -> str:
+        # Values may hold credentials: show the names only.
+        return f"Headers({sorted(self._items)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    Attributes:
+        id: a name safe to log and to key limits on (never the credential itself).
+        scopes: what the caller may do; flows registered with ``allow=`` check them.
+        data: anything else the authenticator wants flows to see.
+    """
+
+    id: str
+    scopes: frozenset[str] = frozenset()
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def allowed(self, allow: frozenset[str]) -> bool:
+        """Whether this principal's id or one of its scopes is in ``allow``."""
+        return self.id in allow or not self.scopes.isdisjoint(allow)
+
+
+class RequestContext:
+    """One request as the runtime sees it, whatever the transport.
+
+    Args:
+        transport: ``"sse"``, ``"websocket"``, ``"grpc"``, ``"openai"``, ``"python"``, ...
+        headers: HTTP headers or gRPC metadata.
+        peer: the client's address as the transport reports it.
+        deadline: ``time.monotonic()`` value by which the client wants the stream done.
+        credentials: a bearer token the adapter found outside the ``Authorization``
+            header (a WebSocket subprotocol, a first frame); see :meth:`bearer_token`.
+
+    Attributes:
+        request_id: the client's ``x-request-id`` when it sent a sane one, else a new id.
+        principal: set once authenticated.
+        stream_id: set by the runtime when a stream starts.
+        flow: the flow's name, once known.
+    """
+
+    __slots__ = (
+        "_stream",
+        "credentials",
+        "deadline",
+        "flow",
+        "headers",
+        "peer",
+        "principal",
+        "request_id",
+        "stream_id",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: str = "python",
+        *,
+        headers: Headers | Iterable[tuple[str, str]] | Mapping[str, str] = (),
+        peer: str | None = None,
+        deadline: float | None = None,
+        credentials: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.peer = peer
+        self.deadline = deadline
+        self.credentials = credentials
+        sent = self.headers.get("x-request-id")
+        self.request_id = sent if sent is not None and _REQUEST_ID.match(sent) else new_id()
+        self.principal: Principal | None = None
+        self.stream_id: str | None = None
+        self.flow: str | None = None
+        self._stream: Any = None  # the FlowStream, once started (for brick hooks)
+
+    def __repr__(self) -> str:
+        who = self.principal.id if self.principal is not None else "anonymous"
+        return f"<RequestContext {self.transport} {self.request_id} {who}>"
+
+    @property
+    def caller(self) -> str:
+        """Who per-caller limits count against: the principal, else the peer's host."""
+        if self.principal is not None:
+            return self.principal.id
+        if self.peer:
+            host = self.peer.rsplit(":", 1)[0] if self.peer.count(":") == 1 else self.peer
+            if host.startswith("[") and "]" in host:
+                host = host[1 : host.index("]")]
+            return f"peer:{host}"
+        return "anonymous"
+
+    def bearer_token(self) -> str | None:
+        """The credential presented: ``Authorization: Bearer <token>``, else :attr:`credentials`."""
+        value = self.headers.get("authorization")
+        if value is not None:
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        return self.credentials
+
+    def time_left(self) -> float | None:
+        """Seconds until the client's deadline (negative once past), or ``None``."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def derive(self, transport: str) -> RequestContext:
+        """A copy for another request on the same connection (a new WebSocket stream)."""
+        child = RequestContext(
+            transport,
+            headers=self.headers,
+            peer=self.peer,
+            deadline=self.deadline,
+            credentials=self.credentials,
+        )
+        child.principal = self.principal
+        return child
+
+
+def new_id() -> str:
+    """A fresh, unguessable id (96 random bits, URL-safe)."""
+    return secrets.token_urlsafe(12)
+
+
+def current_context() -> RequestContext | None:
+    """The context of the stream running in this task (``None`` outside a stream).
+
+    Flows and bricks call it to learn who is calling (``ctx.principal``), the
+    request id for their own logs, or the headers the client sent.
+    """
+    return _current.get()
+
+
+def _bind(context: RequestContext) -> Callable[[], None]:
+    """Make ``context`` current in the task running the flow; returns the undo (the runtime's job).
+
+    The flow runs inside the consumer's task, so the variable is set in that
+    task's context and must be put back when the stream ends.
+    """
+    previous = _current.get()
+    token = _current.set(context)
+
+    def unbind() -> None:
+        try:
+            _current.reset(token)
+        except ValueError:  # closed from another task than the one it started in
+            _current.set(previous)
+
+    return unbind
