@@ -1,0 +1,93 @@
+"""The app the deployment tests serve behind nginx: ``llmbrick serve tests/deploy/app.py``.
+
+Each flow takes its parameters from the request's ``metadata``, so one gateway serves
+every scenario:
+
+- ``gated`` yields one event, then waits until the file ``metadata.gate`` exists (the test
+  creates it after it has *received* that first event), then yields ``metadata.more``
+  more. A proxy that buffered the stream would hold the first event back and the test
+  would never create the file: the stream could only finish if it arrives event by event.
+- ``silent`` yields, says nothing for ``metadata.silence`` seconds (a model thinking),
+  then yields again: the gateway's SSE pings are all that crosses the proxy meanwhile.
+- ``hanging`` yields once and then waits forever; its ``finally`` writes how it ended to
+  the file ``metadata.marker``, so a test sees the flow was cancelled when its client
+  went away.
+
+Run as a script (``python tests/deploy/app.py PING_INTERVAL``), it serves the same flows
+with the same ``Gateway`` that ``llmbrick serve`` builds, but with SSE pings every
+``PING_INTERVAL`` seconds: ``llmbrick serve`` has no option for the ping interval yet, and
+the keepalive test scales the proxy's 60 s read timeout down to seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from llmbrick import ChatRequest, DeadlineExceeded, FlowRegistry
+
+registry = FlowRegistry()
+
+
+def _meta(request: ChatRequest) -> dict[str, Any]:
+    return request.metadata or {}
+
+
+#: How long ``gated`` waits for its file before giving up (a test that failed midway).
+GATE_LIMIT = 30.0
+
+
+@registry.flow("gated")
+async def gated(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    """One event, then the rest once the file ``metadata.gate`` exists."""
+    yield {"type": "text", "text": "first "}
+    gate = Path(_meta(request)["gate"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GATE_LIMIT
+    # The file is the test's signal; poll it, bounded. A stat is cheaper than a thread hop.
+    while not gate.exists():  # noqa: ASYNC240
+        if loop.time() > deadline:
+            raise DeadlineExceeded(f"gate file {gate} never appeared")
+        await asyncio.sleep(0.01)
+    for n in range(int(_meta(request).get("more", 3))):
+        yield {"type": "text", "text": f"{n} "}
+
+
+@registry.flow("silent")
+async def silent(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    """``before``, ``metadata.silence`` seconds of nothing, then ``after``."""
+    yield {"type": "text", "text": "before "}
+    await asyncio.sleep(float(_meta(request)["silence"]))
+    yield {"type": "text", "text": "after"}
+
+
+@registry.flow("hanging")
+async def hanging(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    """Yields once and waits until cancelled; writes how it ended to ``metadata.marker``."""
+    outcome = "finished"
+    try:
+        yield {"type": "text", "text": "started"}
+        await asyncio.Event().wait()
+    except BaseException as exc:  # CancelledError or GeneratorExit: recorded, re-raised
+        outcome = type(exc).__name__
+        raise
+    finally:
+        Path(_meta(request)["marker"]).write_text(outcome)  # noqa: ASYNC240 - a few bytes
+
+
+if __name__ == "__main__":
+    import logging
+
+    from llmbrick_gateway import Gateway
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Gateway(
+        registry,
+        http_port=0,
+        grpc_port=0,
+        drain_timeout=1.0,
+        sse={"ping_interval": float(sys.argv[1])},
+    ).run()
