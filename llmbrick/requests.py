@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = ["ChatRequest", "Message", "WireModel"]
@@ -27,12 +27,28 @@ class WireModel(BaseModel):
 
 
 class Message(WireModel):
-    """One chat message."""
+    """One chat message.
+
+    An assistant message may carry ``tool_calls`` (OpenAI-shaped dicts: ``id``,
+    ``type``, ``function`` with ``name`` and ``arguments``) and then needs no
+    ``content``; a ``tool`` message answers one of them through ``tool_call_id``.
+    """
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Message:
+        # Only a tool-calling assistant turn has nothing to say; any other message
+        # without content is a client mistake better reported than sent upstream.
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required, except in an assistant message with tool_calls")
+        return self
 
 
 class ChatRequest(WireModel):
@@ -48,5 +64,10 @@ class ChatRequest(WireModel):
     max_tokens: int | None = Field(default=None, gt=0)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
     source_language: str | None = None
     metadata: dict[str, Any] | None = None

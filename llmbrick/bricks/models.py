@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ..events import TERMINAL_TYPES, Event
 from ..requests import Message, WireModel
 
 __all__ = [
+    "BrickEvent",
     "CommonRequest",
     "CommonResponse",
     "ComposeRequest",
@@ -44,6 +46,12 @@ class LLMRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
     documents: list[Document] = Field(default_factory=list)
 
 
@@ -52,6 +60,36 @@ class TextChunk(WireModel):
 
     text: str
     model: str | None = None
+
+
+class BrickEvent(WireModel):
+    """An event a streaming brick yields among its outputs, for the client as is.
+
+    It is not content: a pipeline sends it on unchanged (see :meth:`to_event`) and
+    later bricks never see it. An LLM brick uses it for tool calls and usage.
+    ``type`` is a lowercase event name other than ``done`` and ``error``, which
+    only the runtime sends.
+    """
+
+    type: str = Field(pattern=r"^[a-z][a-z0-9_.-]*$")
+    data: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _not_terminal(cls, value: str) -> str:
+        if value in TERMINAL_TYPES:
+            raise ValueError(f"{value!r} ends a stream; only the runtime sends it")
+        return value
+
+    def to_event(self) -> Event:
+        """The event dict: ``type`` plus ``data`` and ``metadata`` when given."""
+        event: Event = {"type": self.type}
+        if self.data is not None:
+            event["data"] = self.data
+        if self.metadata is not None:
+            event["metadata"] = self.metadata
+        return event
 
 
 class TextInput(WireModel):

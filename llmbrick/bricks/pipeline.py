@@ -12,7 +12,7 @@ from ..errors import PipelineTypeError
 from ..events import Event
 from ..requests import ChatRequest
 from .base import Brick
-from .models import TextChunk
+from .models import BrickEvent, TextChunk
 
 __all__ = ["Pipeline"]
 
@@ -24,7 +24,9 @@ class Pipeline:
     produces and fails at assembly time, naming both sides. Once a brick
     streams, each later brick runs once per streamed item. What comes out of
     the last brick becomes events: a :class:`TextChunk` becomes a ``text``
-    event, any other model a ``data`` event carrying its fields.
+    event, any other model a ``data`` event carrying its fields. A
+    :class:`BrickEvent` that a streaming brick yields becomes its event at once
+    and skips the later bricks.
 
     Args:
         request_model: what the pipeline receives; the default is ``ChatRequest``.
@@ -104,6 +106,10 @@ class Pipeline:
         brick = bricks[index]
         async with aclosing(brick._iterate(brick.to_input(value))) as outputs:
             async for output in outputs:
+                if isinstance(output, BrickEvent):
+                    # Not content: straight to the client, past the later bricks.
+                    yield output.to_event()
+                    continue
                 for event in brick.events_for(output):
                     yield event
                 merged = brick.merge(value, output)
@@ -125,6 +131,8 @@ class Pipeline:
 
 
 def _to_event(value: BaseModel) -> Event:
+    if isinstance(value, BrickEvent):
+        return value.to_event()
     if isinstance(value, TextChunk):
         event: Event = {"type": "text", "text": value.text}
         if value.model is not None:

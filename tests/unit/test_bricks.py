@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from llmbrick import (
     ChatRequest,
@@ -32,6 +32,7 @@ from llmbrick import (
     LLMBrick,
     LLMBrickError,
     LLMRequest,
+    Message,
     Pipeline,
     PipelineTypeError,
     RectifyBrick,
@@ -44,6 +45,7 @@ from llmbrick import (
     TranslateRequest,
     model_accepts,
 )
+from llmbrick.bricks.models import BrickEvent
 
 HELLO = {"messages": [{"role": "user", "content": "hello big world"}]}
 
@@ -362,3 +364,83 @@ async def test_echo_delay_paces_tokens() -> None:
     chunks = [c async for c in echo.stream(LLMRequest.model_validate(HELLO))]
     assert len(chunks) == 3
     assert loop.time() - start >= 0.03
+
+
+# -- chat API fields and brick events --------------------------------------------------------
+
+
+def test_an_assistant_message_may_carry_tool_calls_instead_of_content() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    message = Message.model_validate({"role": "assistant", "toolCalls": [call]})
+    assert message.content is None and message.tool_calls == [call]
+    assert message.model_dump(exclude_none=True) == {"role": "assistant", "toolCalls": [call]}
+    reply = Message.model_validate({"role": "tool", "content": "42", "tool_call_id": "c1"})
+    assert reply.tool_call_id == "c1"
+    with pytest.raises(ValidationError, match="content is required"):
+        Message.model_validate({"role": "user"})
+    with pytest.raises(ValidationError, match="content is required"):
+        Message.model_validate({"role": "assistant", "content": None, "toolCalls": []})
+    with pytest.raises(ValidationError, match="only an assistant message carries tool_calls"):
+        Message.model_validate({"role": "user", "content": "x", "toolCalls": [call]})
+
+
+def test_chat_api_fields_flow_from_the_chat_request_into_the_llm_request() -> None:
+    fields = {
+        "toolChoice": "auto",
+        "topP": 0.5,
+        "stop": ["x"],
+        "seed": 1,
+        "responseFormat": {"type": "json_object"},
+        "user": "u",
+    }
+    chat = ChatRequest.model_validate({**HELLO, **fields})
+    assert ChatRequest.model_validate({**HELLO, "top_p": 0.5, "response_format": {}}).top_p == 0.5
+    assert model_accepts(LLMRequest, ChatRequest)
+    converted = EchoLLM().to_input(chat)
+    assert converted.model_dump(include={"tool_choice", "top_p", "stop", "seed"}) == {
+        "toolChoice": "auto",
+        "topP": 0.5,
+        "stop": ["x"],
+        "seed": 1,
+    }
+    assert (converted.response_format, converted.user) == ({"type": "json_object"}, "u")
+    with pytest.raises(ValidationError):
+        ChatRequest.model_validate({**HELLO, "topP": 1.5})
+    with pytest.raises(ValidationError):
+        ChatRequest.model_validate({**HELLO, "frequencyPenalty": 1})
+
+
+def test_a_brick_event_is_its_event_and_never_a_terminal_one() -> None:
+    assert BrickEvent(type="tool_call", data={"id": "1"}).to_event() == {
+        "type": "tool_call",
+        "data": {"id": "1"},
+    }
+    assert BrickEvent(type="meta", metadata={"k": 1}).to_event() == {
+        "type": "meta",
+        "metadata": {"k": 1},
+    }
+    with pytest.raises(ValidationError, match="only the runtime sends it"):
+        BrickEvent(type="done")
+    with pytest.raises(ValidationError):
+        BrickEvent(type="Tool Call")
+
+
+async def test_brick_events_skip_the_later_bricks_and_keep_their_place() -> None:
+    class Narrating(LLMBrick):
+        def check_output(self, value: Any) -> Any:
+            return value if isinstance(value, BrickEvent) else super().check_output(value)
+
+        async def handle_stream(  # type: ignore[override]
+            self, request: LLMRequest
+        ) -> AsyncIterator[TextChunk | BrickEvent]:
+            yield TextChunk(text="a")
+            yield BrickEvent(type="progress", data={"step": 1})
+            yield TextChunk(text="b")
+
+    events = await run(Pipeline().add_brick(Narrating()).add_brick(Upper()))
+    assert [(e["type"], e.get("text"), e.get("data")) for e in events] == [
+        ("text", "A", None),
+        ("progress", None, {"step": 1}),
+        ("text", "B", None),
+        ("done", None, None),
+    ]
