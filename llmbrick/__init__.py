@@ -12,6 +12,7 @@ from __future__ import annotations
 from .auth import ApiKeyAuth, Authenticator, CallerLimits, hash_key
 from .bricks import (
     Brick,
+    BrickEvent,
     BrickMode,
     CommonBrick,
     CommonRequest,
@@ -29,6 +30,7 @@ from .bricks import (
     KeywordGuard,
     LLMBrick,
     LLMRequest,
+    OpenAILLM,
     Pipeline,
     RectifyBrick,
     RetrievalBrick,
@@ -41,7 +43,7 @@ from .bricks import (
     extract_text,
     model_accepts,
 )
-from .context import Headers, Principal, RequestContext, current_context
+from .context import Headers, Principal, RequestContext, current_context, new_id, request_id_for
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -83,6 +85,7 @@ __all__ = [
     "ApiKeyAuth",
     "Authenticator",
     "Brick",
+    "BrickEvent",
     "BrickMode",
     "CallerLimits",
     "Cancelled",
@@ -120,6 +123,7 @@ __all__ = [
     "LLMBrickError",
     "LLMRequest",
     "Message",
+    "OpenAILLM",
     "Overloaded",
     "PermissionDenied",
     "Pipeline",
@@ -151,5 +155,7 @@ __all__ = [
     "hash_key",
     "meta_event",
     "model_accepts",
+    "new_id",
+    "request_id_for",
     "text_event",
 ]

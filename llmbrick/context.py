@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Headers", "Principal", "RequestContext", "current_context"]
+__all__ = ["Headers", "Principal", "RequestContext", "current_context", "new_id", "request_id_for"]
 
 # A request id a client sends is echoed into logs and headers: keep it short and printable.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -91,6 +91,7 @@ class RequestContext:
         deadline: ``time.monotonic()`` value by which the client wants the stream done.
         credentials: a bearer token the adapter found outside the ``Authorization``
             header (a WebSocket subprotocol, a first frame); see :meth:`bearer_token`.
+        request_id: the id to use (default: :func:`request_id_for` the headers).
 
     Attributes:
         request_id: the client's ``x-request-id`` when it sent a sane one, else a new id.
@@ -120,14 +121,14 @@ class RequestContext:
         peer: str | None = None,
         deadline: float | None = None,
         credentials: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.transport = transport
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.peer = peer
         self.deadline = deadline
         self.credentials = credentials
-        sent = self.headers.get("x-request-id")
-        self.request_id = sent if sent is not None and _REQUEST_ID.match(sent) else new_id()
+        self.request_id = request_id if request_id is not None else request_id_for(self.headers)
         self.principal: Principal | None = None
         self.stream_id: str | None = None
         self.flow: str | None = None
@@ -170,9 +171,16 @@ class RequestContext:
             peer=self.peer,
             deadline=self.deadline,
             credentials=self.credentials,
+            request_id=self.request_id,
         )
         child.principal = self.principal
         return child
+
+
+def request_id_for(headers: Mapping[str, str]) -> str:
+    """The client's ``x-request-id`` when it is short and printable, else a new id."""
+    sent = headers.get("x-request-id")
+    return sent if sent is not None and _REQUEST_ID.match(sent) else new_id()
 
 
 def new_id() -> str:

@@ -100,9 +100,14 @@ class FlowRegistry:
         try:
             return self._flows[name]
         except (KeyError, TypeError):
-            known = ", ".join(repr(n) for n in self._flows) or "none"
+            # The name comes from a client: quote a bounded part of it, list a few flows.
+            shown = str(name)[:64] + ("..." if len(str(name)) > 64 else "")
+            names = list(self._flows)
+            known = ", ".join(repr(n) for n in names[:10]) or "none"
+            if len(names) > 10:
+                known += f" and {len(names) - 10} more"
             raise FlowNotFound(
-                f"no flow named {name!r}; known flows: {known}", details={"flow": name}
+                f"no flow named {shown!r}; known flows: {known}", details={"flow": shown}
             ) from None
 
     def register(

@@ -12,29 +12,52 @@ from typing import Any
 TIMEOUT = 10.0
 
 
-def bound_socket() -> socket.socket:
-    """A listening TCP socket on 127.0.0.1 with a port chosen by the kernel."""
+def bound_socket(send_buffer: int | None = None) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 with a port chosen by the kernel.
+
+    Args:
+        send_buffer: ``SO_SNDBUF`` for the connections it accepts (they inherit it),
+            to make a slow client's backlog reach the server quickly in tests.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     return sock
 
 
 @asynccontextmanager
-async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a real socket; yields ``host:port``.
+async def serve_asgi(
+    app: Any, settings: Any = None, sock: socket.socket | None = None, **config: Any
+) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn, with llmbrick's connection limits, on a real socket.
 
     The socket is bound and listening before the server starts, so clients can
     connect at once (the kernel queues them) without polling for readiness.
+
+    Args:
+        app: the ASGI app.
+        settings: ``llmbrick_http.HttpSettings`` (default: the defaults).
+        sock: a listening socket to use (default: a new one on a free port).
+        **config: more uvicorn settings.
+
+    Yields:
+        ``host:port``.
     """
     import uvicorn
+    from llmbrick_http import HttpSettings, uvicorn_config
 
-    sock = bound_socket()
+    sock = sock or bound_socket()
     host, port = sock.getsockname()
-    settings = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 1}
-    settings.update(config)
-    server = uvicorn.Server(uvicorn.Config(app, **settings))
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 1,
+    }
+    options.update(config)
+    server = uvicorn.Server(uvicorn_config(app, settings or HttpSettings(), **options))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield f"{host}:{port}"

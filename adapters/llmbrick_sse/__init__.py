@@ -9,20 +9,31 @@ try:
     import uvicorn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): pip install 'llmbrick[sse]'"
+        f"llmbrick_sse needs the 'sse' extra ({exc.name} is missing): "
+        "pip install '.[sse]' from a checkout of llmbrick, "
+        "or pip install 'llmbrick[sse] @ <wheel or git URL>'"
     ) from exc
 
 from .client import SSEClient
-from .codec import encode_event, error_body, status_for
+from .codec import SSECodec, encode_event, error_body, status_for, status_for_error
+from .endpoint import StreamEndpoint
 from .server import SSEServer, create_meta_router, create_router, http_error_handler
+from .wire import FrameWriter, HttpCodec, Opening, Rejected
 
 __all__ = [
+    "FrameWriter",
+    "HttpCodec",
+    "Opening",
+    "Rejected",
     "SSEClient",
+    "SSECodec",
     "SSEServer",
+    "StreamEndpoint",
     "create_meta_router",
     "create_router",
     "encode_event",
     "error_body",
     "http_error_handler",
     "status_for",
+    "status_for_error",
 ]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from llmbrick import ErrorCode, ErrorInfo, Event
 
+from .wire import FrameWriter, Opening, Rejected
+
+if TYPE_CHECKING:
+    from llmbrick import FlowRuntime, FlowStream, Headers, InvokeResult
+
 __all__ = [
     "PING",
+    "SSECodec",
     "accepts_event_stream",
     "accepts_json",
     "decode_frame",
@@ -17,6 +23,7 @@ __all__ = [
     "error_body",
     "is_json_content_type",
     "status_for",
+    "status_for_error",
 ]
 
 #: A comment frame; clients ignore it, proxies see traffic.
@@ -40,6 +47,16 @@ _STATUS: dict[str, int] = {
 
 def status_for(code: str) -> int:
     """The HTTP status for a neutral error code (500 for codes it does not know)."""
+    return _STATUS.get(code, 500)
+
+
+def status_for_error(error: ErrorInfo | dict[str, Any]) -> int:
+    """As :func:`status_for`, except that a caller's own limit is 429 rather than 503."""
+    code = error["code"]
+    if code == ErrorCode.RESOURCE_EXHAUSTED:
+        details = error.get("details")
+        if isinstance(details, dict) and details.get("limit") == "caller":
+            return 429
     return _STATUS.get(code, 500)
 
 
@@ -96,3 +113,68 @@ def decode_frame(frame: bytes) -> Event | None:
         return None
     event: Event = orjson.loads(b"\n".join(data))
     return event
+
+
+class _Frames:
+    """The SSE writer: stateless, one frame per event."""
+
+    __slots__ = ()
+
+    def encode(self, event: Event) -> bytes:
+        return encode_event(event)
+
+    def close(self) -> bytes:
+        return b""
+
+
+_FRAMES = _Frames()
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class SSECodec:
+    """llmbrick's own SSE format on the shared endpoint (``POST /chat/completions``).
+
+    The body is the flow's request plus ``flow`` and ``stream``; ``stream`` is a
+    transport option, so it is dropped for flows whose request model lacks it.
+    """
+
+    transport = "sse"
+    stream_headers = _SSE_HEADERS
+    ping = PING
+
+    def open(self, body: Any, headers: Headers, runtime: FlowRuntime) -> Opening:
+        if not isinstance(body, dict):
+            raise Rejected.invalid(
+                422, f"the body must be a JSON object, got {type(body).__name__}"
+            )
+        streaming = body.get("stream", True) is not False
+        accept = headers.get("accept")
+        if streaming and not accepts_event_stream(accept):
+            raise Rejected.invalid(
+                406,
+                f"Accept {str(accept)[:64]!r} excludes text/event-stream; "
+                'accept it, or send "stream": false for one JSON document',
+            )
+        if not streaming and not accepts_json(accept):
+            raise Rejected.invalid(406, f"Accept {str(accept)[:64]!r} excludes application/json")
+        if "stream" in body:
+            spec = runtime.registry.get(runtime.flow_name(None, body))
+            if "stream" not in spec.request_model.model_fields:
+                body = {key: value for key, value in body.items() if key != "stream"}
+        return Opening(None, body, streaming)
+
+    def writer(self, stream: FlowStream, opening: Opening) -> FrameWriter:
+        return _FRAMES
+
+    def document(self, result: InvokeResult, stream: FlowStream, opening: Opening) -> bytes:
+        return orjson.dumps(result)
+
+    def status_for(self, error: ErrorInfo) -> int:
+        return status_for_error(error)
+
+    def error_body(self, error: ErrorInfo, status: int) -> bytes:
+        return error_body(error)

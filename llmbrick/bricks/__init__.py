@@ -16,6 +16,7 @@ from .kinds import (
     extract_text,
 )
 from .models import (
+    BrickEvent,
     CommonRequest,
     CommonResponse,
     ComposeRequest,
@@ -31,10 +32,12 @@ from .models import (
     TextInput,
     TranslateRequest,
 )
+from .openai import OpenAILLM
 from .pipeline import Pipeline
 
 __all__ = [
     "Brick",
+    "BrickEvent",
     "BrickMode",
     "CommonBrick",
     "CommonRequest",
@@ -52,6 +55,7 @@ __all__ = [
     "KeywordGuard",
     "LLMBrick",
     "LLMRequest",
+    "OpenAILLM",
     "Pipeline",
     "RectifyBrick",
     "RetrievalBrick",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidRequest, LLMBrickError
 from ..events import Event
-from .models import CommonRequest, CommonResponse
+from .models import BrickEvent, CommonRequest, CommonResponse
 
 __all__ = ["Brick", "BrickMode", "model_accepts"]
 
@@ -198,9 +198,13 @@ class Brick(Generic[In, Out]):
             ) from None
 
     def check_output(self, value: Any) -> Out:
-        """Return ``value`` as this brick's output model, or fail naming the brick."""
+        """Return ``value`` as this brick's output model, or fail naming the brick.
+
+        A :class:`~llmbrick.bricks.BrickEvent` passes as it is: a streaming brick
+        may yield one to send an event (a tool call, usage) besides its outputs.
+        """
         model = self.output_model
-        if isinstance(value, model):
+        if isinstance(value, model | BrickEvent):
             return cast(Out, value)
         try:
             return cast(Out, model.model_validate(value))

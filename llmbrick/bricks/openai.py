@@ -150,13 +150,7 @@ class OpenAILLM(LLMBrick):
         """Close the SDK client and its connections."""
         await self.client.close()
 
-    def check_output(self, value: Any) -> Any:
-        """Let :class:`BrickEvent` items through next to the :class:`TextChunk` outputs."""
-        if isinstance(value, BrickEvent):
-            return value
-        return super().check_output(value)
-
-    # The outputs are TextChunks plus BrickEvents, which pass check_output above.
+    # The outputs are TextChunks plus BrickEvents, which Brick.check_output lets through.
     async def handle_stream(  # type: ignore[override]
         self, request: LLMRequest
     ) -> AsyncIterator[TextChunk | BrickEvent]:

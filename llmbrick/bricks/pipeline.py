@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
 
 from pydantic import BaseModel
 
+from ..context import current_context
 from ..errors import PipelineTypeError
 from ..events import Event
 from ..requests import ChatRequest
@@ -86,16 +88,22 @@ class Pipeline:
         return self._events(request)
 
     async def _events(self, request: BaseModel) -> AsyncGenerator[Event]:
-        async with aclosing(self._drive(request, 0)) as items:
+        hooks = _BrickHooks.current()
+        async with aclosing(self._drive(request, 0, hooks)) as items:
             async for item in items:
                 yield cast(Event, item) if isinstance(item, dict) else _to_event(item)
 
-    async def _drive(self, value: Any, index: int) -> AsyncGenerator[Any]:
+    async def _drive(
+        self, value: Any, index: int, hooks: _BrickHooks | None
+    ) -> AsyncGenerator[Any]:
         bricks = self._bricks
         last = len(bricks) - 1
         while index <= last and bricks[index].mode == "unary":
             brick = bricks[index]
-            output = await brick._call(brick.to_input(value))
+            if hooks is None:
+                output = await brick._call(brick.to_input(value))
+            else:
+                output = await hooks.call(brick, value)
             for event in brick.events_for(output):
                 yield event
             value = brick.merge(value, output)
@@ -104,21 +112,30 @@ class Pipeline:
             yield value
             return
         brick = bricks[index]
-        async with aclosing(brick._iterate(brick.to_input(value))) as outputs:
-            async for output in outputs:
-                if isinstance(output, BrickEvent):
-                    # Not content: straight to the client, past the later bricks.
-                    yield output.to_event()
-                    continue
-                for event in brick.events_for(output):
-                    yield event
-                merged = brick.merge(value, output)
-                if index == last:
-                    yield merged
-                else:
-                    async with aclosing(self._drive(merged, index + 1)) as rest:
-                        async for item in rest:
-                            yield item
+        token = hooks.started(brick) if hooks is not None else None
+        error: BaseException | None = None
+        try:
+            async with aclosing(brick._iterate(brick.to_input(value))) as outputs:
+                async for output in outputs:
+                    if isinstance(output, BrickEvent):
+                        # Not content: straight to the client, past the later bricks.
+                        yield output.to_event()
+                        continue
+                    for event in brick.events_for(output):
+                        yield event
+                    merged = brick.merge(value, output)
+                    if index == last:
+                        yield merged
+                    else:
+                        async with aclosing(self._drive(merged, index + 1, hooks)) as rest:
+                            async for item in rest:
+                                yield item
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if hooks is not None:
+                hooks.ended(brick, token, error)
 
     async def aclose(self) -> None:
         """Close every brick (see :meth:`Brick.aclose`)."""
@@ -128,6 +145,51 @@ class Pipeline:
     def info(self) -> dict[str, Any]:
         """The bricks' ``info()`` in order, for listings."""
         return {"bricks": [brick.info() for brick in self._bricks]}
+
+
+class _BrickHooks:
+    """Tells the runtime's brick observers when each brick of the current stream runs."""
+
+    __slots__ = ("_observers", "_started", "_stream")
+
+    def __init__(self, stream: Any, observers: Any) -> None:
+        self._stream = stream
+        self._observers = observers
+        self._started: dict[int, float] = {}
+
+    @classmethod
+    def current(cls) -> _BrickHooks | None:
+        """Hooks for the stream running in this task, or ``None`` if nothing observes bricks."""
+        context = current_context()
+        stream = context._stream if context is not None else None
+        if stream is None:
+            return None
+        observers = stream._runtime._observers
+        return cls(stream, observers) if observers.per_brick else None
+
+    def started(self, brick: Brick[Any, Any]) -> tuple[list[Any], float]:
+        tokens = self._observers.call(
+            self._observers.per_brick, "brick_started", self._stream, brick
+        )
+        return tokens, time.monotonic()
+
+    def ended(self, brick: Brick[Any, Any], token: Any, error: BaseException | None) -> None:
+        tokens, began = token
+        seconds = time.monotonic() - began
+        for observer, value in zip(self._observers.per_brick, tokens, strict=True):
+            self._observers.call(
+                (observer,), "brick_ended", self._stream, brick, value, seconds, error
+            )
+
+    async def call(self, brick: Brick[Any, Any], value: Any) -> Any:
+        token = self.started(brick)
+        try:
+            output = await brick._call(brick.to_input(value))
+        except BaseException as exc:
+            self.ended(brick, token, exc)
+            raise
+        self.ended(brick, token, None)
+        return output
 
 
 def _to_event(value: BaseModel) -> Event:

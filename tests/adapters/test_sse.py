@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,8 @@ from llmbrick import (
     Pipeline,
 )
 from llmbrick_sse import SSEServer
-from tests.support import TIMEOUT, parse_sse, serve_asgi, sse_events
+from llmbrick_sse.endpoint import next_ping
+from tests.support import TIMEOUT, bound_socket, parse_sse, serve_asgi, sse_events
 
 HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hello world"}]}
 
@@ -184,7 +186,7 @@ async def test_get_on_the_endpoint_is_405_and_unknown_paths_404(client: httpx.As
     response = await client.get("/chat/completions")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
-    assert response.json()["error"]["code"] == "UNIMPLEMENTED"
+    assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
     response = await client.get("/nowhere")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
@@ -236,35 +238,43 @@ async def test_a_guard_rejection_is_an_error_frame(client: httpx.AsyncClient) ->
 
 
 async def test_keepalive_pings_while_the_flow_is_silent() -> None:
+    pinged = asyncio.Event()
     registry = FlowRegistry()
 
     @registry.flow("default")
     async def quiet(request: ChatRequest) -> AsyncIterator[Event]:
         yield {"type": "text", "text": "a"}
-        await asyncio.sleep(0.3)  # a model thinking; the pings must fill this silence
+        await pinged.wait()  # a model thinking; pings must fill the silence
         yield {"type": "text", "text": "b"}
 
     server = SSEServer(registry, ping_interval=0.05)
+    body = ""
     async with serve_asgi(server.app) as address:
         async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
-            response = await client.post("/chat/completions", json=HELLO)
-    frames = parse_sse(response.text)
+            async with client.stream("POST", "/chat/completions", json=HELLO) as response:
+                async for text in response.aiter_text():
+                    body += text
+                    if ": ping\n\n" in body:
+                        pinged.set()
+    frames = parse_sse(body)
     names = [name for name, _, _ in frames]
-    assert names[0] == "message" and names[-1] == "message"
-    assert 1 <= names.count(":") <= 6
+    assert names[0] == "message" and names[-2:] == ["message", "message"]
     assert frames[1] == (":", "", "ping")
 
 
-async def test_no_ping_while_events_flow() -> None:
-    server = SSEServer(Pipeline().add_brick(EchoLLM(delay=0.01)), ping_interval=0.05)
-    words = " ".join(["w"] * 30)
-    async with serve_asgi(server.app) as address:
-        async with httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client:
-            payload = {"messages": [{"role": "user", "content": words}]}
-            response = await client.post("/chat/completions", json=payload)
-    frames = parse_sse(response.text)
-    assert len(frames) == 31
-    assert ":" not in [name for name, _, _ in frames]
+@pytest.mark.parametrize(
+    ("last_write", "now", "expected"),
+    [
+        (10.0, 10.0, (False, 15.0)),  # just wrote: check again a whole interval later
+        (10.0, 24.0, (False, 1.0)),  # one second short of the interval: check then
+        (10.0, 25.0, (True, 15.0)),  # an interval of silence: ping now
+        (10.0, 90.0, (True, 15.0)),
+    ],
+)
+def test_a_ping_is_due_one_interval_after_the_last_write(
+    last_write: float, now: float, expected: tuple[bool, float]
+) -> None:
+    assert next_ping(last_write, now, 15.0) == expected
 
 
 async def test_client_disconnect_cancels_the_flow_promptly() -> None:
@@ -400,33 +410,109 @@ async def open_stream(address: str, payload: bytes) -> tuple[Any, Any]:
     return reader, writer
 
 
+async def quiescent(produced: list[int], turns: int = 200) -> int:
+    """Wait until the flow stops producing (for ``turns`` loop turns in a row); returns the count.
+
+    The server runs in this event loop, and a runnable flow produces on every
+    turn, so a count that stays put for many turns means the flow is waiting
+    for the client.
+    """
+    still = 0
+    last = -1
+    for _ in range(200_000):
+        await asyncio.sleep(0)
+        still = still + 1 if produced[0] == last else 0
+        last = produced[0]
+        if still >= turns:
+            return last
+    raise AssertionError(f"the flow never stopped producing ({last} events)")
+
+
+async def raw_client(address: str, request: bytes, receive_buffer: int = 32 << 10) -> socket.socket:
+    """A client socket, not watched by the event loop, that reads only when told to."""
+    host, port = address.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, request)
+    return sock
+
+
+async def read_all(sock: socket.socket, until: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    body = bytearray()
+    while not body.endswith(until):
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), TIMEOUT)
+        assert chunk, "the server closed the connection early"
+        body += chunk
+    return bytes(body)
+
+
+def post(payload: bytes) -> bytes:
+    return (
+        b"POST /chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+
+
+HELLO_BYTES = b'{"messages":[{"role":"user","content":"x"}]}'
+
+
+async def test_a_client_that_stops_reading_holds_back_the_flow_within_the_byte_bound() -> None:
+    """With 64 KiB events, the flow waits once the bound (plus socket buffers) is reached."""
+    produced = [0]
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def big(request: ChatRequest) -> AsyncIterator[Event]:
+        for n in range(400):  # 25 MiB if nothing held it back
+            produced[0] = n + 1
+            yield {"type": "text", "text": f"{n:06d}" + "x" * (64 << 10)}
+
+    bound = 256 << 10
+    server = SSEServer(registry, max_buffer_bytes=bound)
+    async with serve_asgi(server.app, sock=bound_socket(send_buffer=32 << 10)) as address:
+        sock = await raw_client(address, post(HELLO_BYTES))
+        try:
+            held = await quiescent(produced)
+            # The bound, one event in flight, and what the kernel and transport buffers took.
+            assert held * (64 << 10) <= bound + (1 << 20), f"{held} events of 64 KiB produced"
+            frames = parse_sse(_dechunk(await read_all(sock, b"0\r\n\r\n")))
+        finally:
+            sock.close()
+    texts = [data["text"][:6] for name, _, data in frames if name == "message" and "text" in data]
+    assert texts == [f"{n:06d}" for n in range(400)]
+
+
 async def test_a_slow_reader_gets_waiting_events_coalesced_in_order() -> None:
-    total = 20_000  # 20 MB: more than loopback socket buffers hold
+    total = 5_000
+    produced = [0]
     registry = FlowRegistry()
 
     @registry.flow("default")
     async def burst(request: ChatRequest) -> AsyncIterator[Event]:
         for n in range(total):
+            produced[0] = n + 1
             yield {"type": "text", "text": f"{n:06d}" + "x" * 1000}
 
     counts: list[int] = []
     app = counting_sends(SSEServer(registry).app, counts)
-    async with serve_asgi(app) as address:
-        reader, writer = await open_stream(address, b'{"messages":[{"role":"user","content":"x"}]}')
-        body = bytearray()
-        while not body.endswith(b"0\r\n\r\n"):
-            chunk = await asyncio.wait_for(reader.read(1 << 16), TIMEOUT)
-            assert chunk, "the server closed the connection early"
-            body += chunk
-            await asyncio.sleep(0.001)  # a slow client: the flow produces faster than this
-        writer.close()
-        await writer.wait_closed()
-    frames = [f for f in parse_sse(_dechunk(bytes(body))) if f[0] != ":"]
+    async with serve_asgi(app, sock=bound_socket(send_buffer=32 << 10)) as address:
+        sock = await raw_client(address, post(HELLO_BYTES))
+        try:
+            await quiescent(produced)  # the client is behind: events wait on the server
+            body = await read_all(sock, b"0\r\n\r\n")
+        finally:
+            sock.close()
+    frames = [f for f in parse_sse(_dechunk(body)) if f[0] != ":"]
     assert [int(ident) for _, ident, _ in frames] == list(range(1, total + 2))
     assert frames[-1][2]["type"] == "done"
     assert [int(data["text"][:6]) for _, _, data in frames[:-1]] == list(range(total))
-    # Far fewer writes than events: what waited went out together.
-    assert len(counts) < total / 4, f"{len(counts)} sends for {total} events"
+    # What waited went out together: one write carried the whole backlog (~256 KiB).
+    assert max(counts) > 100 * 1000, f"largest write {max(counts)} bytes"
+    assert len(counts) < total
 
 
 def _dechunk(raw: bytes) -> str:

@@ -1,0 +1,376 @@
+"""The shared HTTP streaming endpoint: one request pipeline, several wire formats.
+
+``StreamEndpoint`` does what every HTTP streaming route needs: it checks the
+method, credentials, content type and body size, builds the request context,
+starts the flow, streams frames with keepalive pings, watches for the client
+going away, and keeps a slow client's backlog bounded in bytes. What the
+frames and error bodies look like is the business of an :class:`HttpCodec`:
+llmbrick's own SSE (``/chat/completions``), the OpenAI API, the AI SDK's UI
+message stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Generator
+from typing import Any
+
+import orjson
+from litestar.types import Message, Receive, Scope, Send
+from llmbrick_http import HttpSettings, context_from_scope
+
+from llmbrick import (
+    ErrorCode,
+    ErrorInfo,
+    FlowRuntime,
+    FlowStream,
+    LLMBrickError,
+    RequestContext,
+)
+from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
+
+from .codec import is_json_content_type
+from .wire import MAX_ECHO, HttpCodec, Opening, Rejected
+
+__all__ = ["StreamEndpoint", "next_ping"]
+
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _Watch:
+    """Listens for the client going away (cancelling the stream) and sends keepalive pings.
+
+    The pings run on a timer rather than in the listening task, so an idle
+    stream holds one small task and one timer handle. A ping goes out one
+    interval after the last write.
+    """
+
+    __slots__ = (
+        "_interval",
+        "_loop",
+        "_ping",
+        "_pinging",
+        "_send",
+        "_task",
+        "_timer",
+        "disconnected",
+        "finished",
+        "last_write",
+    )
+
+    def __init__(
+        self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: bytes, interval: float
+    ) -> None:
+        self.disconnected = False
+        self.finished = False
+        self.last_write = time.monotonic()
+        self._send = send
+        self._ping: Message = {"type": "http.response.body", "body": ping, "more_body": True}
+        self._interval = interval
+        self._pinging: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._listen(receive, owner))
+        self._timer = self._loop.call_later(interval, self._tick) if interval > 0 else None
+
+    async def _listen(self, receive: Receive, owner: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.disconnected = True
+                    owner.cancel()
+                return
+
+    def _tick(self) -> None:
+        if self.finished:
+            return
+        busy = self._pinging is not None and not self._pinging.done()
+        ping, wait = next_ping(self.last_write, time.monotonic(), self._interval)
+        if ping and not busy:
+            self._pinging = self._loop.create_task(self._send_ping())
+        self._timer = self._loop.call_later(wait, self._tick)
+
+    async def _send_ping(self) -> None:
+        self.last_write = time.monotonic()
+        try:
+            await self._send(self._ping)
+        except OSError:
+            pass  # the client is gone; the listener ends the stream
+
+    def stop(self) -> None:
+        self.finished = True
+        self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
+
+
+def next_ping(last_write: float, now: float, interval: float) -> tuple[bool, float]:
+    """Whether a keepalive is due now, and the seconds until the next check.
+
+    A ping is due one ``interval`` after the last write (of an event or a ping),
+    so a proxy with an idle timeout just above the interval never sees silence
+    longer than the interval.
+    """
+    quiet = now - last_write
+    if quiet >= interval:
+        return True, interval
+    return False, interval - quiet
+
+
+class _Rest:
+    """Awaits the rest of an awaitable whose first step already ran (and had to wait)."""
+
+    __slots__ = ("_signal", "_steps")
+
+    def __init__(self, steps: Generator[Any, Any, Any], signal: Any) -> None:
+        self._steps = steps
+        self._signal = signal
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps, signal = self._steps, self._signal
+        while True:
+            try:
+                value = yield signal
+            except BaseException as exc:  # a cancellation goes to the step in flight
+                try:
+                    signal = steps.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    signal = steps.send(value)
+                except StopIteration as done:
+                    return done.value
+
+
+class StreamEndpoint:
+    """An ASGI endpoint starting one flow per POST and answering in ``codec``'s format.
+
+    Args:
+        runtime: the runtime shared with every other adapter.
+        codec: the wire format.
+        max_body_size: bytes a request body may have (413 and close beyond).
+        ping_interval: seconds of silence before a keepalive frame (0 disables).
+        max_buffer_bytes: encoded bytes kept ready per stream while the client
+            reads slower than the flow produces; the flow waits beyond.
+        settings: the HTTP limits (the body read timeout).
+    """
+
+    def __init__(
+        self,
+        runtime: FlowRuntime,
+        codec: HttpCodec,
+        *,
+        max_body_size: int = 1 << 20,
+        ping_interval: float = 15.0,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        settings: HttpSettings | None = None,
+    ) -> None:
+        if max_body_size < 1 or max_buffer_bytes < 1 or ping_interval < 0:
+            raise ValueError("max_body_size and max_buffer_bytes must be positive, ping >= 0")
+        self.runtime = runtime
+        self.codec = codec
+        self.max_body_size = max_body_size
+        self.ping_interval = ping_interval
+        self.max_buffer_bytes = max_buffer_bytes
+        self.settings = settings or HttpSettings()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        codec = self.codec
+        context = context_from_scope(scope, codec.transport)
+        try:
+            stream, opening = await self._open(scope, receive, context)
+        except Rejected as exc:
+            await self._refuse(send, exc.status, exc.error, exc.headers)
+            return
+        if stream is None or opening is None:
+            return  # the client left while sending its body
+        task = asyncio.current_task()
+        assert task is not None
+        ping = self.ping_interval if opening.streaming else 0
+        watch = _Watch(receive, send, task, codec.ping, ping)
+        try:
+            if opening.streaming:
+                await self._stream(stream, opening, send, watch)
+            else:
+                result = await stream.collect()
+                error = result["error"]
+                status = 200 if error is None else codec.status_for(error)
+                watch.finished = True
+                await _send_json(send, status, codec.document(result, stream, opening))
+        except asyncio.CancelledError:
+            # Our own cancel on disconnect ends the request quietly; any other propagates.
+            if watch.disconnected and task.uncancel() == 0:
+                return
+            raise
+        finally:
+            watch.stop()
+            await stream.aclose()
+
+    async def _refuse(
+        self,
+        send: Send,
+        status: int,
+        error: ErrorInfo,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        await _send_json(send, status, self.codec.error_body(error, status), headers)
+
+    async def _open(
+        self, scope: Scope, receive: Receive, context: RequestContext
+    ) -> tuple[FlowStream | None, Opening | None]:
+        method = scope.get("method")
+        if method != "POST":
+            raise Rejected.invalid(
+                405, f"method {str(method)[:16]} is not allowed here; use POST", (b"allow", b"POST")
+            )
+        runtime = self.runtime
+        codec = self.codec
+        try:
+            await runtime.authenticate(context)
+        except LLMBrickError as exc:
+            raise self._rejection(exc.to_info()) from None
+        headers = context.headers
+        content_type = headers.get("content-type")
+        if content_type is None and "origin" in headers:
+            # A browser sends a body without a preflight only with a "simple" content type;
+            # refusing those keeps other sites' pages from starting flows.
+            raise Rejected.invalid(415, "a request from a browser must be sent as application/json")
+        if not is_json_content_type(content_type):
+            shown = (content_type or "")[:MAX_ECHO]
+            raise Rejected.invalid(
+                415, f"content type {shown!r} is not supported; send application/json"
+            )
+        body = await self._read_body(receive, headers.get("content-length"))
+        if body is None:
+            return None, None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected.invalid(
+                400, f"malformed JSON body (line {exc.lineno}, column {exc.colno})"
+            ) from None
+        try:
+            opening = codec.open(payload, headers, runtime)
+            stream = runtime.start(opening.flow, opening.payload, context=context)
+        except LLMBrickError as exc:
+            raise self._rejection(exc.to_info()) from None
+        return stream, opening
+
+    def _rejection(self, error: ErrorInfo) -> Rejected:
+        status = self.codec.status_for(error)
+        extra: list[tuple[bytes, bytes]] = []
+        details = error.get("details")
+        if isinstance(details, dict) and isinstance(details.get("retryAfter"), int | float):
+            extra.append((b"retry-after", str(max(1, math.ceil(details["retryAfter"]))).encode()))
+        if error["code"] == ErrorCode.UNAUTHENTICATED:
+            extra.append((b"www-authenticate", b'Bearer realm="llmbrick"'))
+        return Rejected(status, error, tuple(extra))
+
+    async def _read_body(self, receive: Receive, declared: str | None) -> bytes | None:
+        limit = self.max_body_size
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        timeout = self.settings.body_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise Rejected.invalid(
+                    408,
+                    f"the request body paused for more than {timeout:g} s",
+                    (b"connection", b"close"),
+                ) from None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _stream(
+        self, stream: FlowStream, opening: Opening, send: Send, watch: _Watch
+    ) -> None:
+        headers = [
+            *self.codec.stream_headers,
+            (b"x-llmbrick-stream-id", stream.id.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        writer = self.codec.writer(stream, opening)
+        encode = writer.encode
+        now = time.monotonic
+        async for event in stream:
+            frame = encode(event)
+            if not frame:
+                continue
+            watch.last_write = now()
+            steps = send(
+                {"type": "http.response.body", "body": frame, "more_body": True}
+            ).__await__()
+            try:
+                signal = next(steps)
+            except StopIteration:
+                continue  # written at once: the client keeps up
+            # The send has to wait for the client to drain its socket buffer: the client
+            # reads slower than the flow produces. Finish this send, then let the flow run
+            # ahead in its own task into a bounded buffer, and send what piled up at once.
+            await _Rest(steps, signal)
+            await self._send_backlog(stream, encode, send, watch)
+            break
+        trailer = writer.close()
+        watch.finished = True
+        if trailer:
+            await send({"type": "http.response.body", "body": trailer, "more_body": False})
+        else:
+            await send(_END)
+
+    async def _send_backlog(
+        self, stream: FlowStream, encode: Any, send: Send, watch: _Watch
+    ) -> None:
+        def framed(event: object) -> tuple[bytes, int]:
+            frame: bytes = encode(event)
+            return frame, len(frame)
+
+        pump: Pump[bytes] = Pump(stream, framed, self.max_buffer_bytes)
+        try:
+            while frames := await pump.take():
+                watch.last_write = time.monotonic()
+                await send(
+                    {"type": "http.response.body", "body": b"".join(frames), "more_body": True}
+                )
+        finally:
+            await pump.aclose()
+
+
+def _too_large(limit: int) -> Rejected:
+    # Close the connection: the rest of the body is not worth reading.
+    return Rejected.invalid(
+        413, f"the body is larger than the {limit}-byte limit", (b"connection", b"close")
+    )
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
