@@ -36,6 +36,9 @@ class FlowSpec:
         source: what was registered (a function, Pipeline or Brick), for lifecycle hooks.
         allow: principal ids and scopes that may run it (``None``: anyone the
             authenticator lets in).
+        aliases: other names that reach it (an OpenAI client's ``model`` names, say).
+        capabilities: what the flow can honour beyond text chat, as free-form
+            names adapters check (e.g. ``"images"``, ``"logprobs"``).
     """
 
     name: str
@@ -45,6 +48,8 @@ class FlowSpec:
     timeout: float | None
     source: object
     allow: frozenset[str] | None = None
+    aliases: tuple[str, ...] = ()
+    capabilities: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         """Name, description and request JSON schema, as ``GET /flows`` shows them."""
@@ -77,6 +82,7 @@ class FlowRegistry:
 
     def __init__(self) -> None:
         self._flows: dict[str, FlowSpec] = {}
+        self._aliases: dict[str, str] = {}
 
     def __contains__(self, name: object) -> bool:
         return name in self._flows
@@ -92,13 +98,13 @@ class FlowRegistry:
         return list(self._flows)
 
     def get(self, name: str) -> FlowSpec:
-        """The flow called ``name``.
+        """The flow called ``name`` (or having it as an alias).
 
         Raises:
             FlowNotFound: no such flow; the message lists the known names.
         """
         try:
-            return self._flows[name]
+            return self._flows[self._aliases.get(name, name)]
         except (KeyError, TypeError):
             # The name comes from a client: quote a bounded part of it, list a few flows.
             shown = str(name)[:64] + ("..." if len(str(name)) > 64 else "")
@@ -119,6 +125,8 @@ class FlowRegistry:
         description: str | None = None,
         timeout: float | None = None,
         allow: Iterable[str] | None = None,
+        aliases: Iterable[str] = (),
+        capabilities: Iterable[str] = (),
     ) -> FlowSpec:
         """Register ``flow`` under ``name``.
 
@@ -131,6 +139,8 @@ class FlowRegistry:
             timeout: seconds a stream of this flow may run.
             allow: principal ids or scopes allowed to run it; others get
                 ``PERMISSION_DENIED`` (with no authenticator, nobody may).
+            aliases: more names for it (each unique among names and aliases).
+            capabilities: what it honours beyond text chat (see :class:`FlowSpec`).
 
         Raises:
             DuplicateFlow: ``name`` is taken.
@@ -138,8 +148,17 @@ class FlowRegistry:
         """
         if not isinstance(name, str) or not _NAME.match(name):
             raise TypeError(f"flow name {name!r} must be 1-128 letters, digits, '_', '.' or '-'")
-        if name in self._flows:
-            raise DuplicateFlow(f"a flow named {name!r} is already registered")
+        if isinstance(aliases, str):
+            raise TypeError("aliases= takes a list of names, not one string")
+        aliases = tuple(aliases)
+        names = (name, *aliases)
+        for each in names:
+            if not isinstance(each, str) or not _NAME.match(each):
+                raise TypeError(
+                    f"flow name {each!r} must be 1-128 letters, digits, '_', '.' or '-'"
+                )
+            if each in self._flows or each in self._aliases or names.count(each) > 1:
+                raise DuplicateFlow(f"a flow named {each!r} is already registered")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         handler: FlowHandler
@@ -163,8 +182,20 @@ class FlowRegistry:
         if isinstance(allow, str):
             raise TypeError("allow= takes a list of principal ids or scopes, not one string")
         allowed = frozenset(allow) if allow is not None else None
-        spec = FlowSpec(name, handler, model, text, timeout, flow, allowed)
+        spec = FlowSpec(
+            name,
+            handler,
+            model,
+            text,
+            timeout,
+            flow,
+            allowed,
+            aliases,
+            frozenset(capabilities),
+        )
         self._flows[name] = spec
+        for alias in spec.aliases:
+            self._aliases[alias] = name
         return spec
 
     def flow(
@@ -175,6 +206,8 @@ class FlowRegistry:
         description: str | None = None,
         timeout: float | None = None,
         allow: Iterable[str] | None = None,
+        aliases: Iterable[str] = (),
+        capabilities: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the name defaults to the function's."""
 
@@ -186,6 +219,8 @@ class FlowRegistry:
                 description=description,
                 timeout=timeout,
                 allow=allow,
+                aliases=aliases,
+                capabilities=capabilities,
             )
             return fn
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,24 @@ def test_as_runtime_shares_registries_and_runtimes() -> None:
     assert as_runtime(EchoLLM(), name="echo").registry.names() == ["echo"]
     with pytest.raises(TypeError, match="a server needs"):
         as_runtime(42)
+
+
+async def _one(request: Any) -> Any:
+    yield {"type": "text", "text": "x"}
+
+
+def test_aliases_reach_the_flow_and_are_unique() -> None:
+    registry = FlowRegistry()
+    spec = registry.register("chat", _one, aliases=["gpt-4o-mini", "fast"], capabilities=["images"])
+    assert registry.get("gpt-4o-mini") is spec and registry.get("fast") is spec
+    assert spec.capabilities == frozenset({"images"})
+    assert registry.names() == ["chat"]
+    with pytest.raises(DuplicateFlow, match="'fast'"):
+        registry.register("other", _one, aliases=["fast"])
+    with pytest.raises(DuplicateFlow, match="'chat'"):
+        registry.register("x", _one, aliases=["chat"])
+    with pytest.raises(TypeError, match="not one string"):
+        registry.register("y", _one, aliases="fast")
+    with pytest.raises(TypeError, match="must be 1-128"):
+        registry.register("z", _one, aliases=["bad name"])
+    assert "other" not in registry and "x" not in registry
