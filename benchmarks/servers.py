@@ -1,18 +1,26 @@
 """Server entry points: ``python -m benchmarks.servers KIND`` prints ``READY <port>`` and serves.
 
 Every server streams the same flow: ``count`` events ``{"type": "text", "text": "tok"}``
-stamped with ``id`` and ``progress``, then a ``done`` event. The request carries the
-parameters as ``metadata.bench = {"count", "mode", "interval"}`` (SSE body, WebSocket
-``start`` request, gRPC ``extra_json``). Kinds:
+stamped with ``id`` and ``progress``, then a ``done`` event, on the schedule of
+:func:`benchmarks.common.bench_schedule` (modes fast, paced, idle, burst). The request
+carries the parameters as ``metadata.bench = {"count", "mode", "interval", "burst"}``
+(SSE body, WebSocket ``start`` request, gRPC ``extra_json``). Kinds:
 
 - ``sse``, ``ws``, ``grpc``: llmbrick's adapters as shipped (``SSEServer``,
-  ``WebSocketServer`` with its own uvicorn options, ``GrpcServer``), one registered flow.
+  ``WebSocketServer`` with its own uvicorn options, ``GrpcServer``) serving the registry
+  of ``benchmarks/app.py``.
 - ``bare-sse``: a bare ASGI app on the same uvicorn (uvloop + httptools) writing
   hand-framed SSE bytes, the event dict encoded with orjson, one ASGI send per event.
 - ``bare-ws``: ``websockets.asyncio.server.serve`` (compression off) sending the frames
   of llmbrick's WebSocket protocol, one frame per event.
 - ``bare-grpc``: a bare ``grpc.aio`` servicer (no options) yielding one
   ``StreamResponse`` with one ``Event`` per event, from llmbrick's generated messages.
+- ``bare-grpc-batch``: the same servicer batching as ours does: a producer task fills a
+  buffer (at most 64 events) while the servicer writes, and each ``StreamResponse``
+  carries every event waiting, so the comparison with ours is not one of batching.
+
+The bare servers are floors, not equals: none of them watches for a client that went
+away mid-flow, sends keepalive pings of its own or limits anything.
 
 The upstream llmbrick server lives in ``upstream_server.py`` (another virtualenv).
 """
@@ -27,12 +35,22 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from benchmarks.common import FAST, IDLE, READY, SERVER_CPU, bench_params, prepare_process
+from benchmarks.common import (
+    IDLE,
+    READY,
+    SERVER_CPU,
+    BenchParams,
+    bench_params,
+    bench_schedule,
+    prepare_process,
+)
 
 __all__ = ["KINDS", "main"]
 
-KINDS = ("sse", "ws", "grpc", "bare-sse", "bare-ws", "bare-grpc")
+KINDS = ("sse", "ws", "grpc", "bare-sse", "bare-ws", "bare-grpc", "bare-grpc-batch")
 _BACKLOG = 4096
+#: Events per message at most, as ``GrpcServer``'s ``max_batch``.
+_GRPC_BATCH = 64
 
 
 def _announce(port: int) -> None:
@@ -49,32 +67,21 @@ def _listen() -> socket.socket:
     return sock
 
 
-async def _events(count: int, mode: str, interval: float) -> AsyncIterator[dict[str, Any]]:
-    """The flow of the bare servers; the same loop as the llmbrick flow below."""
-    for number in range(count):
-        if number:
-            await asyncio.sleep(0 if mode == FAST else interval)
+async def _events(params: BenchParams) -> AsyncIterator[dict[str, Any]]:
+    """The flow of the bare servers; the same loop as our flow in ``benchmarks/app.py``."""
+    loop = asyncio.get_running_loop()
+    for pause in bench_schedule(params, loop.time):
+        if pause is not None:
+            await asyncio.sleep(pause)
         yield {"type": "text", "text": "tok"}
-    if mode == IDLE:
-        await asyncio.get_running_loop().create_future()  # until the client leaves
+    if params.mode == IDLE:
+        await loop.create_future()  # until the client leaves
 
 
 def _flows() -> Any:
-    from llmbrick import ChatRequest, FlowRegistry
+    from benchmarks.app import build_registry
 
-    registry = FlowRegistry()
-
-    @registry.flow("default")
-    async def bench(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        count, mode, interval = bench_params((request.metadata or {}).get("bench"))
-        for number in range(count):
-            if number:
-                await asyncio.sleep(0 if mode == FAST else interval)
-            yield {"type": "text", "text": "tok"}
-        if mode == IDLE:
-            await asyncio.get_running_loop().create_future()
-
-    return registry
+    return build_registry()
 
 
 def _uvicorn(app: Any, **options: Any) -> None:
@@ -136,10 +143,10 @@ def _bare_sse_app() -> Any:
             if not message.get("more_body"):
                 break
         request = orjson.loads(b"".join(chunks))
-        count, mode, interval = bench_params(request["metadata"]["bench"])
+        params = bench_params(request["metadata"]["bench"])
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         number = 0
-        async for event in _events(count, mode, interval):
+        async for event in _events(params):
             number += 1
             event["id"] = str(number)
             event["progress"] = "IN_PROGRESS"
@@ -161,9 +168,9 @@ async def _serve_bare_ws() -> None:
         async for message in ws:
             frame = orjson.loads(message)
             stream_id = frame["id"]
-            count, mode, interval = bench_params(frame["request"]["metadata"]["bench"])
+            params = bench_params(frame["request"]["metadata"]["bench"])
             number = 0
-            async for event in _events(count, mode, interval):
+            async for event in _events(params):
                 number += 1
                 event["id"] = str(number)
                 event["progress"] = "IN_PROGRESS"
@@ -177,13 +184,65 @@ async def _serve_bare_ws() -> None:
         await server.serve_forever()
 
 
-async def _serve_bare_grpc() -> None:
+class _Batcher:
+    """Runs a producer in its own task; :meth:`take` returns everything it produced so far.
+
+    The bare counterpart of ``GrpcServer``'s coalescing: while the servicer awaits a
+    write, the flow goes on; the next message carries all that is waiting, at most
+    ``limit`` events (the producer waits for room beyond that), and nothing waits
+    for more events than are ready.
+    """
+
+    def __init__(self, source: AsyncIterator[Any], limit: int) -> None:
+        self.items: list[Any] = []
+        self.limit = limit
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.task = asyncio.create_task(self._fill(source))
+        self.task.add_done_callback(lambda _: self.ready.set())
+
+    async def _fill(self, source: AsyncIterator[Any]) -> None:
+        async for item in source:
+            self.items.append(item)
+            self.ready.set()
+            if len(self.items) >= self.limit:
+                self.room.clear()
+                await self.room.wait()
+
+    async def take(self) -> list[Any]:
+        """Wait for one item at least, then return every waiting one (none: the end)."""
+        while not self.items and not self.task.done():
+            self.ready.clear()
+            await self.ready.wait()
+        batch, self.items = self.items, []
+        self.room.set()
+        if not batch and not self.task.cancelled() and self.task.exception() is not None:
+            raise RuntimeError("the producer failed") from self.task.exception()
+        return batch
+
+    async def close(self) -> None:
+        """Stop the producer (the client went away or the stream ended)."""
+        if not self.task.done():
+            self.task.cancel()
+            await asyncio.wait([self.task])
+
+
+async def _serve_bare_grpc(batch: bool) -> None:
     import grpc
     import orjson
 
     from llmbrick_grpc._generated import event_pb2, flow_pb2, flow_pb2_grpc
 
     in_progress = event_pb2.PROGRESS_IN_PROGRESS
+
+    async def produce(params: BenchParams) -> AsyncIterator[Any]:
+        number = 0
+        async for event in _events(params):
+            number += 1
+            yield event_pb2.Event(
+                type=event["type"], text=event["text"], id=str(number), progress=in_progress
+            )
+        yield event_pb2.Event(type="done", id=str(number + 1), progress=event_pb2.PROGRESS_DONE)
 
     class Servicer(flow_pb2_grpc.FlowServiceServicer):
         async def Invoke(self, request: Any, context: Any) -> Any:
@@ -193,25 +252,32 @@ async def _serve_bare_grpc() -> None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server only streams")
 
         async def Stream(self, request: Any, context: Any) -> AsyncIterator[Any]:
-            extra = orjson.loads(request.extra_json)
-            count, mode, interval = bench_params(extra["metadata"]["bench"])
-            number = 0
-            async for event in _events(count, mode, interval):
-                number += 1
-                yield flow_pb2.StreamResponse(
-                    events=[
-                        event_pb2.Event(
-                            type=event["type"],
-                            text=event["text"],
-                            id=str(number),
-                            progress=in_progress,
-                        )
-                    ]
+            params = bench_params(orjson.loads(request.extra_json)["metadata"]["bench"])
+            if not batch:  # one message per event, built where it is sent
+                number = 0
+                async for event in _events(params):
+                    number += 1
+                    yield flow_pb2.StreamResponse(
+                        events=[
+                            event_pb2.Event(
+                                type=event["type"],
+                                text=event["text"],
+                                id=str(number),
+                                progress=in_progress,
+                            )
+                        ]
+                    )
+                done = event_pb2.Event(
+                    type="done", id=str(number + 1), progress=event_pb2.PROGRESS_DONE
                 )
-            done = event_pb2.Event(
-                type="done", id=str(number + 1), progress=event_pb2.PROGRESS_DONE
-            )
-            yield flow_pb2.StreamResponse(events=[done])
+                yield flow_pb2.StreamResponse(events=[done])
+                return
+            batcher = _Batcher(produce(params), _GRPC_BATCH)
+            try:
+                while events := await batcher.take():
+                    yield flow_pb2.StreamResponse(events=events)
+            finally:
+                await batcher.close()
 
     server = grpc.aio.server()
     flow_pb2_grpc.add_FlowServiceServicer_to_server(Servicer(), server)
@@ -223,6 +289,8 @@ async def _serve_bare_grpc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Start one server (see the module docstring for the kinds)."""
+    # run.py already pinned this process before it started; this covers a server started
+    # by hand, and agrees with run.py (the single-process servers always get CPU 0).
     prepare_process(SERVER_CPU)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=KINDS)
@@ -240,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.run(_serve_bare_ws())
     else:
-        asyncio.run(_serve_bare_grpc())
+        asyncio.run(_serve_bare_grpc(batch=kind == "bare-grpc-batch"))
     return 0
 
 

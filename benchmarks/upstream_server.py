@@ -7,8 +7,9 @@ uvicorn with the same settings as our SSE server (uvloop, httptools, no access l
 
 The handler yields one ``ConversationSSEResponse`` per event (``type="text"``,
 ``text="tok"``, ``id``, ``progress``), then a ``done`` event, as a user of upstream
-would write it. Upstream's request model has no ``metadata`` field, so the count
-travels in ``maxTokens`` and the mode in ``toolChoice``. Its per-request INFO log
+would write it, on the same schedule as every other server (``bench_schedule``).
+Upstream's request model has no ``metadata`` field, so the count travels in
+``maxTokens`` and the mode (with interval and burst) in ``toolChoice``. Its per-request INFO log
 line (``enable_request_logging``) is switched off, as for every other server here.
 """
 
@@ -22,7 +23,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 # A script beside common.py (see above), not the benchmarks package.
-from common import FAST, IDLE, READY, SERVER_CPU, bench_params, prepare_process  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    IDLE,
+    READY,
+    SERVER_CPU,
+    bench_params,
+    bench_schedule,
+    prepare_process,
+)
 
 
 def _app() -> Any:
@@ -40,19 +48,20 @@ def _app() -> Any:
 
     @server.handler  # type: ignore[untyped-decorator]
     async def bench(request: ConversationSSERequest) -> AsyncIterator[ConversationSSEResponse]:
-        count, mode, interval = bench_params(
-            {**(request.tool_choice or {}), "count": request.max_tokens}
-        )
-        for number in range(count):
-            if number:
-                await asyncio.sleep(0 if mode == FAST else interval)
+        params = bench_params({**(request.tool_choice or {}), "count": request.max_tokens})
+        loop = asyncio.get_running_loop()
+        number = 0
+        for pause in bench_schedule(params, loop.time):
+            if pause is not None:
+                await asyncio.sleep(pause)
+            number += 1
             yield ConversationSSEResponse(
-                id=str(number + 1), type="text", text="tok", progress=in_progress
+                id=str(number), type="text", text="tok", progress=in_progress
             )
-        if mode == IDLE:
-            await asyncio.get_running_loop().create_future()
+        if params.mode == IDLE:
+            await loop.create_future()
         yield ConversationSSEResponse(
-            id=str(count + 1), type="done", progress=ConversationResponseProgressEnum.DONE
+            id=str(number + 1), type="done", progress=ConversationResponseProgressEnum.DONE
         )
 
     return server.app
@@ -60,6 +69,7 @@ def _app() -> Any:
 
 def main() -> int:
     """Serve upstream's app on 127.0.0.1, on a port of the kernel's choosing."""
+    # run.py already pinned this process before it started; this covers a start by hand.
     prepare_process(SERVER_CPU)
     import uvicorn
     import uvloop
