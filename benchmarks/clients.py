@@ -6,11 +6,19 @@ the terminal event came and the stream ended cleanly. Events are counted in
 the raw wire units without decoding them: an SSE event is one ``data:`` line,
 a WebSocket event one ``"progress":"`` key (so frames carrying several events
 count right), a gRPC event one ``Event`` of a ``StreamResponse``.
+
+A paced stream also records each event's lateness against the flow's schedule
+(:class:`Stream`). For the ``abuse`` scenarios there are clients that never read
+(:func:`open_slow_sse`, :func:`open_slow_ws`, :func:`open_slow_grpc`) and a
+``GET /healthz`` probe (:func:`health_probe`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,6 +30,10 @@ __all__ = [
     "Counter",
     "GrpcTarget",
     "Stream",
+    "health_probe",
+    "open_slow_grpc",
+    "open_slow_sse",
+    "open_slow_ws",
     "read_grpc",
     "read_sse",
     "read_ws",
@@ -33,18 +45,28 @@ _clock = time.perf_counter
 
 
 class Counter:
-    """Events received by every stream, and the gaps between events of recorded streams."""
+    """Events received by every stream, and the lateness of recorded streams' events."""
 
-    __slots__ = ("events", "gaps", "recording")
+    __slots__ = ("events", "lateness", "recording")
 
     def __init__(self) -> None:
         self.events = 0
         self.recording = False
-        self.gaps: list[float] = []
+        self.lateness: list[float] = []
 
 
 class Stream:
-    """What one stream saw."""
+    """What one stream saw.
+
+    With ``interval`` (a paced stream), every event after the first records its
+    lateness while the counter is recording: its arrival minus its due time, the
+    due time of event k (0-based) being the first event's arrival + k * interval.
+    The flow emits event k at its own start + k * interval, so the first event
+    anchors the schedule on the client's clock, and an event that came in a batch
+    with others counts as late as it really was (a gap between consecutive events
+    would record a batch as one long gap and then zeros). The figure can be
+    slightly negative when the first event itself was late.
+    """
 
     __slots__ = (
         "began",
@@ -54,16 +76,16 @@ class Stream:
         "events",
         "first",
         "first_seen",
+        "interval",
         "keep",
         "last",
         "ok",
-        "record_gaps",
         "terminal",
     )
 
-    def __init__(self, counter: Counter, *, record_gaps: bool = False) -> None:
+    def __init__(self, counter: Counter, *, interval: float = 0.0) -> None:
         self.counter = counter
-        self.record_gaps = record_gaps
+        self.interval = interval
         self.began = _clock()
         self.first = 0.0
         self.last = 0.0
@@ -79,17 +101,21 @@ class Stream:
     def got(self, count: int) -> None:
         """``count`` events arrived now."""
         now = _clock()
+        counter = self.counter
         if not self.events:
             self.first = now
             if not self.first_seen.done():
                 self.first_seen.set_result(None)
-        elif self.record_gaps and self.counter.recording:
-            gaps = self.counter.gaps
-            gaps.append(now - self.last)
-            gaps.extend([0.0] * (count - 1))
+            # The first event anchors the schedule; the rest of its batch are late.
+            index, count_late = 1, count - 1
+        else:
+            index, count_late = self.events, count
+        if self.interval and counter.recording and count_late > 0:
+            due, step = self.first + index * self.interval, self.interval
+            counter.lateness.extend(now - (due + n * step) for n in range(count_late))
         self.last = now
         self.events += count
-        self.counter.events += count
+        counter.events += count
 
     def fail(self, error: str) -> None:
         """The stream broke; wake whoever waits for its first event."""
@@ -104,9 +130,20 @@ class Stream:
         return self.first - self.began if self.events else None
 
 
-def request_body(dialect: str, count: int, mode: str, interval: float) -> dict[str, Any]:
-    """The request every server of ``dialect`` (``llmbrick`` or ``upstream``) understands."""
-    params = {"count": count, "mode": mode, "interval": interval}
+def request_body(
+    dialect: str,
+    count: int,
+    mode: str,
+    interval: float = 0.0,
+    burst: int = 1,
+    flow: str | None = None,
+) -> dict[str, Any]:
+    """The request every server of ``dialect`` (``llmbrick`` or ``upstream``) understands.
+
+    ``flow`` names another flow of ``benchmarks/app.py`` (``greedy``, ``big``); only
+    our servers have them.
+    """
+    params = {"count": count, "mode": mode, "interval": interval, "burst": burst}
     messages = [{"role": "user", "content": "bench"}]
     if dialect == "upstream":
         # Upstream's model has no metadata field and checks model and sessionId.
@@ -115,9 +152,12 @@ def request_body(dialect: str, count: int, mode: str, interval: float) -> dict[s
             "messages": messages,
             "sessionId": "bench",
             "maxTokens": count,
-            "toolChoice": {"mode": mode, "interval": interval},
+            "toolChoice": {"mode": mode, "interval": interval, "burst": burst},
         }
-    return {"messages": messages, "metadata": {"bench": params}}
+    body: dict[str, Any] = {"messages": messages, "metadata": {"bench": params}}
+    if flow is not None:
+        body["flow"] = flow
+    return body
 
 
 # -- SSE: raw asyncio + httptools ---------------------------------------------------------
@@ -223,7 +263,11 @@ _WS_DONE = ('"progress":"DONE"', '"progress":"ERROR"')
 
 
 async def read_ws(stream: Stream, url: str, start: str, idle: bool = False) -> None:
-    """Run one stream over its own WebSocket connection, as a browser tab would."""
+    """Run one stream over its own WebSocket connection, as a browser tab would.
+
+    Cancelled, it drops the connection at once (as a closed tab would), unless the
+    stream is an idle one already handed over (``stream.keep``).
+    """
     from websockets.asyncio.client import connect
     from websockets.exceptions import WebSocketException
     from websockets.protocol import State
@@ -255,6 +299,9 @@ async def read_ws(stream: Stream, url: str, start: str, idle: bool = False) -> N
             stream.fail(f"closed early ({ws.close_code})")
     except (OSError, WebSocketException) as exc:
         stream.fail(f"{type(exc).__name__}: {exc}")
+    except asyncio.CancelledError:
+        ws.transport.abort()
+        raise
     await ws.close()
 
 
@@ -262,34 +309,44 @@ async def read_ws(stream: Stream, url: str, start: str, idle: bool = False) -> N
 
 
 class GrpcTarget:
-    """The channels streams are spread over (``channels`` separate connections)."""
+    """Channels (separate connections) opened as streams need them.
 
-    def __init__(self, port: int, channels: int) -> None:
+    ``per``: streams per channel, a new channel every ``per`` streams (0: every
+    stream on one channel). ``options``: extra channel arguments.
+    """
+
+    def __init__(self, port: int, per: int = 0, options: list[tuple[str, Any]] | None = None):
+        self.port = port
+        self.per = per
+        self.options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", 16 << 20),
+            # Each channel its own connection, as separate users would have.
+            ("grpc.use_local_subchannel_pool", 1),
+            *(options or []),
+        ]
+        self.channels: list[Any] = []
+        self.stubs: list[Any] = []
+        self.streams = 0
+
+    def stub(self) -> Any:
+        """The stub of the channel the next stream goes on."""
         import grpc
 
         from llmbrick_grpc._generated import flow_pb2_grpc
 
-        options = [
-            ("grpc.max_receive_message_length", 16 << 20),
-            # Each channel its own connection, as separate users would have.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
-        self.channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
-            for _ in range(max(1, channels))
-        ]
-        self.stubs = [flow_pb2_grpc.FlowServiceStub(channel) for channel in self.channels]
-        self.next = 0
-
-    def stub(self) -> Any:
-        """The stub of the next channel, round robin."""
-        stub = self.stubs[self.next % len(self.stubs)]
-        self.next += 1
-        return stub
+        index = self.streams // self.per if self.per else 0
+        self.streams += 1
+        while len(self.stubs) <= index:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=self.options)
+            self.channels.append(channel)
+            self.stubs.append(flow_pb2_grpc.FlowServiceStub(channel))
+        return self.stubs[index]
 
     async def close(self) -> None:
         """Close every channel."""
         await asyncio.gather(*(channel.close() for channel in self.channels))
+        self.channels.clear()
+        self.stubs.clear()
 
 
 async def read_grpc(stream: Stream, stub: Any, request: Any, idle: bool = False) -> None:
@@ -319,4 +376,113 @@ async def read_grpc(stream: Stream, stub: Any, request: Any, idle: bool = False)
         raise
 
 
-ReadFn = Callable[..., Any]
+# -- clients that never read (abuse) ---------------------------------------------------------
+
+
+async def _raw_connect(port: int, rcvbuf: int) -> socket.socket:
+    # SO_RCVBUF before connect: it also caps the TCP window the client advertises.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_slow_sse(port: int, request: bytes, rcvbuf: int) -> socket.socket:
+    """An SSE request on a socket with a small receive buffer that is never read.
+
+    Close the socket to leave (with unread data the kernel resets the connection).
+    """
+    sock = await _raw_connect(port, rcvbuf)
+    await asyncio.get_running_loop().sock_sendall(sock, request)
+    return sock
+
+
+def _ws_frame(text: str) -> bytes:
+    """One masked text frame, as a client must send it (RFC 6455, 5.2)."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+    key = os.urandom(4)
+    mask = (key * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(size, "big")
+    return head + key + masked
+
+
+async def open_slow_ws(port: int, starts: list[str], rcvbuf: int) -> socket.socket:
+    """A WebSocket connection (handshake by hand) that sends ``starts`` and never reads again.
+
+    Raises:
+        ConnectionError: the server did not switch protocols.
+    """
+    loop = asyncio.get_running_loop()
+    sock = await _raw_connect(port, rcvbuf)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        handshake = (
+            f"GET /ws HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nupgrade: websocket\r\n"
+            f"connection: Upgrade\r\nsec-websocket-key: {key}\r\n"
+            "sec-websocket-version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, handshake.encode())
+        answer = b""
+        # The server sends nothing after its answer until a stream starts: read it whole.
+        while b"\r\n\r\n" not in answer:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise ConnectionError("closed during the WebSocket handshake")
+            answer += chunk
+        if not answer.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(answer.split(b"\r\n", 1)[0].decode(errors="replace"))
+        await loop.sock_sendall(sock, b"".join(_ws_frame(start) for start in starts))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_slow_grpc(port: int, request: Any) -> tuple[Any, Any]:
+    """A ``Stream`` call on its own channel that is never read: ``(channel, call)``.
+
+    gRPC's client reads its socket by itself, so a small receive buffer changes
+    nothing; what stops the server is HTTP/2 flow control: the call's window
+    (64 KiB, never grown since BDP probing is off) fills and is not reopened until
+    the application reads. ``call.cancel()`` and ``channel.close()`` leave.
+    """
+    target = GrpcTarget(port, options=[("grpc.http2.bdp_probe", 0)])
+    stub = target.stub()
+    return target.channels[0], stub.Stream(request)
+
+
+async def health_probe(port: int, limit_s: float) -> tuple[float, int]:
+    """``GET /healthz`` on a new connection: ``(seconds until the whole answer, status)``.
+
+    The status is 0 when no answer came within ``limit_s`` or the connection broke.
+    """
+    began = _clock()
+    writer = None
+    try:
+        async with asyncio.timeout(limit_s):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+                "connection: close\r\n\r\n".encode()
+            )
+            answer = await reader.read()  # the server closes after its answer
+        status_line = answer.split(b"\r\n", 1)[0].split()
+        status = int(status_line[1]) if len(status_line) > 1 else 0
+    except (OSError, TimeoutError, ValueError):
+        status = 0
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+    return _clock() - began, status

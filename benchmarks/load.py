@@ -1,9 +1,10 @@
 """The load client: ``python -m benchmarks.load '<job JSON>'`` prints one result as JSON.
 
-It runs in its own process, pinned to the other CPU than the server's, and reads
-the server's CPU time and memory from ``/proc/<pid>`` at the edges of each
-measured window. The job names the transport, the port and pid of a server that
-is already listening, the request dialect and a :class:`~benchmarks.scenarios.Scenario`.
+It runs in its own process, pinned to other CPUs than the server's, and reads
+the server's CPU time and memory from ``/proc/<pid>`` (the process and its
+children) at the edges of each measured window. The job names the transport,
+the ports and pid of a server that is already listening, the request dialect,
+the client's CPUs and a :class:`~benchmarks.scenarios.Scenario`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,6 +24,10 @@ from benchmarks.clients import (
     Counter,
     GrpcTarget,
     Stream,
+    health_probe,
+    open_slow_grpc,
+    open_slow_sse,
+    open_slow_ws,
     read_grpc,
     read_sse,
     read_ws,
@@ -45,6 +51,16 @@ __all__ = ["main", "run_job"]
 
 _clock = time.perf_counter
 _WARMUP_STREAMS = 4
+#: Capacity: a step passes when new streams' TTFE p99 and the running streams'
+#: lateness p99 stay under these (ms), and no stream failed.
+TTFE_LIMIT_MS = 50.0
+LATENESS_LIMIT_MS = 100.0
+#: The client's CPU share (CPU seconds per wall second, on its one core) from which the
+#: client, not the server, is taken to be what limits a measurement.
+CLIENT_BOUND_SHARE = 0.9
+_PROBE_EVENTS = 5  # capacity: paced events of each probe stream
+_PLATEAU_KB = 1024  # slow: two RSS samples 1 s apart within this mean RSS stopped growing
+_RSS_CAP_KB = 3 << 20  # slow: stop waiting once the server grew by 3 GiB (a shared machine)
 
 
 class _Opener:
@@ -55,19 +71,24 @@ class _Opener:
         self.dialect: str = job["dialect"]
         self.port: int = job["port"]
         self.interval = scenario.interval
-        self._requests: dict[tuple[int, str], Any] = {}
+        self.burst = scenario.burst
+        self._requests: dict[tuple[int, str, str | None], Any] = {}
         self.grpc: GrpcTarget | None = None
+        self.grpc_new: GrpcTarget | None = None
         if self.transport == "grpc":
-            per = scenario.streams_per_channel
-            total = scenario.streams + scenario.new_streams
-            channels = 1 if per == 0 else -(-total // per)
-            self.grpc = GrpcTarget(self.port, channels)
+            self.grpc = GrpcTarget(self.port, scenario.streams_per_channel)
+            self.grpc_new = GrpcTarget(self.port, 1)  # capacity probes: a channel each
 
-    def _request(self, count: int, mode: str) -> Any:
-        key = (count, mode)
+    def body(self, count: int, mode: str, flow: str | None = None) -> dict[str, Any]:
+        """The request body of a stream of ``count`` events in ``mode``."""
+        return request_body(self.dialect, count, mode, self.interval, self.burst, flow)
+
+    def request(self, count: int, mode: str, flow: str | None = None) -> Any:
+        """The wire form of :meth:`body` for this transport (cached)."""
+        key = (count, mode, flow)
         request = self._requests.get(key)
         if request is None:
-            body = request_body(self.dialect, count, mode, self.interval)
+            body = self.body(count, mode, flow)
             if self.transport == "sse":
                 request = sse_request(self.port, body)
             elif self.transport == "ws":
@@ -79,16 +100,29 @@ class _Opener:
             self._requests[key] = request
         return request
 
-    def open(self, stream: Stream, count: int, mode: str) -> Coroutine[Any, Any, None]:
-        """A coroutine running one stream of ``count`` events in ``mode``."""
-        request = self._request(count, mode)
+    def open(
+        self,
+        stream: Stream,
+        count: int,
+        mode: str,
+        *,
+        flow: str | None = None,
+        new_channel: bool = False,
+    ) -> Coroutine[Any, Any, None]:
+        """A coroutine running one stream of ``count`` events in ``mode``.
+
+        ``new_channel``: on gRPC, the stream opens a channel of its own (a new user)
+        instead of joining the shared ones.
+        """
+        request = self.request(count, mode, flow)
         idle = mode == IDLE
         if self.transport == "sse":
             return read_sse(stream, self.port, request, idle)
         if self.transport == "ws":
             return read_ws(stream, f"ws://127.0.0.1:{self.port}/ws", request, idle)
-        assert self.grpc is not None
-        return read_grpc(stream, self.grpc.stub(), request, idle)
+        target = self.grpc_new if new_channel else self.grpc
+        assert target is not None
+        return read_grpc(stream, target.stub(), request, idle)
 
 
 async def _run_all(
@@ -115,6 +149,10 @@ async def _run_all(
             stream.fail("timed out")
 
 
+def _ms(values: list[float]) -> list[float]:
+    return [value * 1000 for value in values]
+
+
 def _ttfe(streams: list[Stream]) -> dict[str, float | None]:
     values = [t * 1000 for s in streams if (t := s.ttfe) is not None]
     return {"ttfe_p50_ms": percentile(values, 0.5), "ttfe_p99_ms": percentile(values, 0.99)}
@@ -138,7 +176,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     cpu, client, began = cpu_seconds(pid), time.process_time(), _clock()
     await _run_all(
         streams,
-        lambda s: opener.open(s, scenario.events, FAST),
+        lambda s: opener.open(s, scenario.events, scenario.mode),
         scenario.timeout,
         scenario.connect_limit,
     )
@@ -149,6 +187,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     failed = sum(not s.ok or s.events != scenario.events + 1 for s in streams)
     return {
         "streams": scenario.streams,
+        "mode": scenario.mode,
         "events": events,
         "expected_events": scenario.streams * (scenario.events + 1),
         "wall_s": wall,
@@ -193,7 +232,7 @@ async def _idle(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
 async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     await _warm_up(opener, 200)
     counter = Counter()
-    running = [Stream(counter, record_gaps=True) for _ in range(scenario.streams)]
+    running = [Stream(counter, interval=scenario.interval) for _ in range(scenario.streams)]
     count = scenario.background_events
     tasks = [asyncio.create_task(opener.open(s, count, PACED)) for s in running]
     began = _clock()
@@ -206,7 +245,7 @@ async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any
     client = time.process_time() - client
     window = _clock() - began
     events = counter.events - events
-    fresh = [Stream(counter) for _ in range(scenario.new_streams)]
+    fresh = [Stream(Counter()) for _ in range(scenario.new_streams)]
     opened = []
     pause = scenario.storm_s / max(1, scenario.new_streams)
     for stream in fresh:
@@ -221,7 +260,7 @@ async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any
         stream.fail(stream.error or "ended early")
     for task in tasks:
         task.cancel()
-    gaps = [g * 1000 for g in counter.gaps]
+    lateness = _ms(counter.lateness)
     new_ttfe = _ttfe(fresh)
     return {
         "streams": scenario.streams,
@@ -233,12 +272,275 @@ async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any
         "failed": len(broken),
         "new_failed": sum(not s.ok or s.events != scenario.new_events + 1 for s in fresh),
         "errors": _errors(running + fresh),
-        "gap_p50_ms": percentile(gaps, 0.5),
-        "gap_p99_ms": percentile(gaps, 0.99),
-        "gaps": len(gaps),
+        "lateness_p50_ms": percentile(lateness, 0.5),
+        "lateness_p99_ms": percentile(lateness, 0.99),
+        "lateness_samples": len(lateness),
         "new_ttfe_p50_ms": new_ttfe["ttfe_p50_ms"],
         "new_ttfe_p99_ms": new_ttfe["ttfe_p99_ms"],
         **_ttfe(running),
+    }
+
+
+def _step_verdict(step: dict[str, Any]) -> str:
+    """Why a capacity step failed ("" when it passed)."""
+    reasons = []
+    if step["ramp_missing"]:
+        reasons.append(f"{step['ramp_missing']} streams got no first event")
+    ttfe, lateness = step["ttfe_p99_ms"], step["lateness_p99_ms"]
+    if ttfe is None or ttfe >= TTFE_LIMIT_MS:
+        reasons.append("no probe got an event" if ttfe is None else f"TTFE p99 {ttfe:.0f} ms")
+    if lateness is None or lateness >= LATENESS_LIMIT_MS:
+        text = "no lateness sample" if lateness is None else f"lateness p99 {lateness:.0f} ms"
+        reasons.append(text)
+    if step["broken"]:
+        reasons.append(f"{step['broken']} running streams broke")
+    if step["probes_failed"]:
+        reasons.append(f"{step['probes_failed']} probes failed")
+    return ", ".join(reasons)
+
+
+async def _capacity(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+    """Step the paced background streams up until a step fails, the client saturates or time ends.
+
+    Each step: open the missing background streams (``connect_limit`` at once), wait
+    for their first events, settle, then a window of ``measure_s`` during which
+    ``probes`` new streams open at even intervals; the window yields the background
+    streams' lateness, the probes' TTFE and both sides' CPU shares.
+    """
+    await _warm_up(opener, 200)
+    counter = Counter()
+    background: list[Stream] = []
+    tasks: list[asyncio.Task[None]] = []
+    gate = asyncio.Semaphore(scenario.connect_limit or 1_000_000)
+    count = scenario.background_events
+
+    async def gated(stream: Stream) -> None:
+        # The gate covers a stream's connect up to its first event, not its whole life.
+        await gate.acquire()
+        stream.first_seen.add_done_callback(lambda _: gate.release())
+        await opener.open(stream, count, PACED)
+
+    steps: list[dict[str, Any]] = []
+    limit = "every step passed"
+    client_bound = False
+    began = _clock()
+    for target in scenario.steps:
+        if _clock() - began > scenario.budget_s:
+            limit = f"time budget ({scenario.budget_s:g} s) reached before {target:,} streams"
+            break
+        fresh = [Stream(counter, interval=scenario.interval) for _ in range(target - len(tasks))]
+        background += fresh
+        tasks += [asyncio.create_task(gated(stream)) for stream in fresh]
+        ramp_began = _clock()
+        ramp_limit = max(10.0, scenario.budget_s - (_clock() - began))
+        await asyncio.wait([s.first_seen for s in fresh], timeout=ramp_limit)
+        ramp = _clock() - ramp_began
+        await asyncio.sleep(scenario.settle_s)
+        counter.lateness = []
+        counter.recording = True
+        cpu, client, events = cpu_seconds(pid), time.process_time(), counter.events
+        window_began = _clock()
+        probes = [Stream(Counter()) for _ in range(scenario.probes)]
+        opened = []
+        pause = scenario.measure_s / max(1, scenario.probes)
+        for probe in probes:
+            run = _run_all(
+                [probe],
+                lambda s: opener.open(s, _PROBE_EVENTS, PACED, new_channel=True),
+                30.0,
+                0,
+            )
+            opened.append(asyncio.create_task(run))
+            await asyncio.sleep(pause)
+        window = _clock() - window_began
+        cpu = cpu_seconds(pid) - cpu
+        client = time.process_time() - client
+        events = counter.events - events
+        counter.recording = False
+        await asyncio.wait(opened)
+        lateness = _ms(counter.lateness)
+        step: dict[str, Any] = {
+            "streams": target,
+            "ramp_s": ramp,
+            "ramp_missing": sum(1 for s in fresh if not s.events),
+            "broken": sum(1 for s, task in zip(background, tasks, strict=True) if task.done()),
+            "probes_failed": sum(not p.ok or p.events != _PROBE_EVENTS + 1 for p in probes),
+            **_ttfe(probes),
+            "lateness_p50_ms": percentile(lateness, 0.5),
+            "lateness_p99_ms": percentile(lateness, 0.99),
+            "events_per_s": events / window if window else 0.0,
+            "cpu_us_per_event": cpu / events * 1e6 if events else None,
+            "server_cpu_share": cpu / window if window else None,
+            "client_cpu_share": client / window if window else None,
+        }
+        failure = _step_verdict(step)
+        step["passed"] = not failure
+        step["why"] = failure
+        steps.append(step)
+        share = step["client_cpu_share"] or 0.0
+        if share >= CLIENT_BOUND_SHARE:
+            client_bound = True
+            limit = (
+                f"client-bound at {target:,} streams (client CPU share {share:.2f}): "
+                + ("the step passed; " if not failure else f"{failure}; ")
+                + "the server was not measured beyond"
+            )
+            break
+        if failure:
+            # The shares tell a busy server from one that waited (or a busy machine).
+            server_share = step["server_cpu_share"] or 0.0
+            limit = (
+                f"failed at {target:,} streams: {failure} (CPU share: server "
+                f"{server_share:.2f}, client {share:.2f})"
+            )
+            break
+    for task in tasks:
+        task.cancel()
+    passed = [step["streams"] for step in steps if step["passed"]]
+    # The last step of an unbroken run of passes from the first: a pass after a failure
+    # cannot happen (the loop stops at the first failure).
+    return {
+        "capacity": passed[-1] if passed else 0,
+        "limit": limit,
+        "client_bound": client_bound,
+        "steps": steps,
+        "elapsed_s": _clock() - began,
+        "failed": 0,
+        "errors": _errors(background),
+    }
+
+
+async def _greedy(opener: _Opener, scenario: Scenario, http_port: int) -> dict[str, Any]:
+    """A greedy stream read by a fast client while ``GET /healthz`` is polled; see scenarios."""
+    period, bound = scenario.poll_s, scenario.read_s + scenario.recover_s + 5.0
+    baseline = []
+    for _ in range(10):
+        latency, status = await health_probe(http_port, 2.0)
+        if status == 200:
+            baseline.append(latency)
+        await asyncio.sleep(period)
+    polls: list[tuple[float, float, int]] = []  # sent, latency, status
+    in_flight: list[float] = []  # when the poll now waiting was sent
+
+    async def poll() -> None:
+        due = _clock()
+        while True:
+            sent = _clock()
+            in_flight[:] = [sent]
+            latency, status = await health_probe(http_port, bound)
+            in_flight.clear()
+            polls.append((sent, latency, status))
+            due = max(due + period, _clock())  # a stalled poll does not cause a burst after
+            await asyncio.sleep(due - _clock())
+
+    poller = asyncio.create_task(poll())
+    stream = Stream(Counter())
+    started = _clock()
+    reader = asyncio.create_task(opener.open(stream, scenario.greedy_events, FAST, flow="greedy"))
+    await asyncio.wait([reader], timeout=scenario.read_s)
+    left = _clock()
+    events = stream.events
+    reader.cancel()  # drops the connection (SSE, WebSocket) or cancels the call (gRPC)
+    await asyncio.wait([reader])
+
+    def normal_after(moment: float) -> float | None:
+        for sent, latency, status in polls:
+            if sent + latency > moment and status == 200 and latency < period:
+                return sent + latency
+        return None
+
+    recovered = None
+    while _clock() - left < scenario.recover_s:
+        recovered = normal_after(left)
+        if recovered is not None:
+            break
+        await asyncio.sleep(0.01)
+    now = _clock()
+    poller.cancel()
+    await asyncio.wait([poller])
+    # Polls sent while the greedy stream was read; one still waiting counts with the time
+    # it has waited so far (a lower bound on its latency).
+    during = [latency for sent, latency, _ in polls if started <= sent < left]
+    waiting = [now - sent for sent in in_flight if started <= sent < left]
+    latencies = _ms(during + waiting)
+    return {
+        "events": events,
+        "events_per_s": events / (left - started) if left > started else 0.0,
+        "health_baseline_p50_ms": percentile(_ms(baseline), 0.5),
+        "health_polls": len(latencies),
+        "health_unanswered": len(waiting)
+        + sum(1 for sent, _, status in polls if started <= sent < left and status != 200),
+        "health_p50_ms": percentile(latencies, 0.5),
+        "health_p99_ms": percentile(latencies, 0.99),
+        "health_max_ms": max(latencies) if latencies else None,
+        "recovery_ms": (recovered - left) * 1000 if recovered is not None else None,
+        "recovery_bound_ms": scenario.recover_s * 1000,
+        "error": stream.error if stream.error and not events else "",
+        "failed": 0 if events else 1,
+    }
+
+
+async def _slow(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+    """Clients that ask for 64 KiB events and never read; the server's RSS around them."""
+    await _warm_up(opener, 100)
+    await asyncio.sleep(0.5)
+    before = rss_kb(pid)
+    count = scenario.big_events
+    held: list[socket.socket] = []
+    calls: list[tuple[Any, Any]] = []
+    if opener.transport == "sse":
+        request = sse_request(opener.port, opener.body(count, FAST, "big"))
+        for _ in range(scenario.slow_sse):
+            held.append(await open_slow_sse(opener.port, request, scenario.rcvbuf))
+        streams = scenario.slow_sse
+    elif opener.transport == "ws":
+        body = opener.body(count, FAST, "big")
+        starts = [
+            orjson.dumps({"type": "start", "id": str(n), "request": body}).decode()
+            for n in range(1, scenario.slow_ws_streams + 1)
+        ]
+        for _ in range(scenario.slow_ws):
+            held.append(await open_slow_ws(opener.port, starts, scenario.rcvbuf))
+        streams = scenario.slow_ws * scenario.slow_ws_streams
+    else:
+        from llmbrick_grpc.codec import encode_request
+
+        message = encode_request(opener.body(count, FAST, "big"))
+        calls = [open_slow_grpc(opener.port, message) for _ in range(scenario.slow_grpc)]
+        streams = scenario.slow_grpc
+    connected = _clock()
+    samples = [rss_kb(pid)]
+    plateau = capped = False
+    while _clock() - connected < scenario.plateau_s:
+        await asyncio.sleep(1.0)
+        samples.append(rss_kb(pid))
+        if abs(samples[-1] - samples[-2]) <= _PLATEAU_KB:
+            plateau = True
+            break
+        if samples[-1] - before > _RSS_CAP_KB:
+            capped = True
+            break
+    during, plateau_at = samples[-1], _clock()
+    for sock in held:
+        sock.close()  # unread data: the kernel resets the connection
+    for channel, call in calls:
+        call.cancel()
+        await channel.close()
+    await asyncio.sleep(scenario.leave_s)
+    after = rss_kb(pid)
+    asked = streams * count * (64 << 10)
+    return {
+        "streams": streams,
+        "asked_mb": asked / (1 << 20),
+        "rss_before_kb": before,
+        "rss_during_kb": during,
+        "rss_after_kb": after,
+        "kb_per_slow_stream": (during - before) / streams if streams else None,
+        "plateau": plateau,
+        "plateau_s": plateau_at - connected,
+        "capped": capped,
+        "rss_samples_kb": samples,
+        "failed": 0,
     }
 
 
@@ -246,18 +548,29 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one scenario against one listening server and return its figures."""
     scenario = Scenario.from_json(job["scenario"])
     opener = _Opener(job, scenario)
-    run = {"fast": _fast, "idle": _idle, "paced": _paced}[scenario.kind]
-    result = await run(opener, scenario, job["pid"])
+    pid = job["pid"]
+    result: dict[str, Any]
+    if scenario.kind == "greedy":
+        result = await _greedy(opener, scenario, job["http_port"])
+    else:
+        kinds = {
+            "fast": _fast,
+            "idle": _idle,
+            "paced": _paced,
+            "capacity": _capacity,
+            "slow": _slow,
+        }
+        result = await kinds[scenario.kind](opener, scenario, pid)
     # Recorded so that a run shows the two sides really ran on separate CPUs.
-    result["server_cpus"] = cpus_allowed(job["pid"])
-    result["client_cpus"] = cpus_allowed(os.getpid())
+    result["server_cpus"] = cpus_allowed(pid)
+    result["client_cpus"] = cpus_allowed(os.getpid(), tree=False)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job given as the one argument and print its result as one JSON line."""
-    prepare_process(CLIENT_CPU)
     job = orjson.loads((argv or sys.argv[1:])[0])
+    prepare_process(job.get("client_cpus", [CLIENT_CPU]))
     if job["transport"] == "grpc":
         result = asyncio.run(run_job(job))  # grpc.aio wants the stock event loop
     else:
