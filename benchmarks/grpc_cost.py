@@ -19,12 +19,16 @@ is what the server process spent, whatever the client costs. Servers:
 Flows: ``paced`` sleeps ``--delay`` seconds before each token (a model's pace,
 so events rarely wait for each other); ``fast`` yields every token at once
 (a burst from an upstream buffer, so many events are ready per send).
+
+Each server is pinned to CPU 0 and this process (the client) to CPU 1, with the
+suite's own helper (``benchmarks.common.prepare_process``), as in ``run.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -39,6 +43,7 @@ import grpc  # noqa: E402
 import orjson  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
+from benchmarks.common import CLIENT_CPU, SERVER_CPU, prepare_process  # noqa: E402
 from llmbrick_grpc._generated import event_pb2, flow_pb2, flow_pb2_grpc  # noqa: E402
 
 __all__ = ["main"]
@@ -152,7 +157,12 @@ async def _measure(port: int, pid: int, flow: str, streams: int, tokens: int, de
 
 async def _bench(kind: str, flows: list[str], options: argparse.Namespace) -> list[str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve", kind, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        __file__,
+        "--serve",
+        kind,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=functools.partial(prepare_process, SERVER_CPU),
     )
     try:
         assert process.stdout is not None
@@ -187,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.serve:
         asyncio.run(_serve(options.serve))
         return 0
+    prepare_process(CLIENT_CPU)
     print(
         f"{options.streams} concurrent streams x {options.tokens} tokens over one channel; "
-        f"paced delay {options.delay * 1000:g} ms; {os.cpu_count()} CPUs",
+        f"paced delay {options.delay * 1000:g} ms; {os.cpu_count()} CPUs; server pinned to "
+        f"CPU {SERVER_CPU}, client to CPU {CLIENT_CPU}",
         flush=True,
     )
     for kind in options.servers.split(","):

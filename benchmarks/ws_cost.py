@@ -18,6 +18,9 @@ divides by the number of events. Both servers send byte-identical frames::
 - ``llmbrick+deflate``: the same with ``compression=True`` and a client that
   offers permessage-deflate, as browsers do.
 
+The server subprocess is pinned to CPU 0 and this process (the client) to CPU 1, with
+the suite's own helper (``benchmarks.common.prepare_process``), as in ``run.py``.
+
 Usage: ``.venv/bin/python benchmarks/ws_cost.py [--events 200000] [--rounds 3]``
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import socket
 import statistics
@@ -36,6 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/ws_cost.py``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import CLIENT_CPU, SERVER_CPU, prepare_process  # noqa: E402
+
 EVENT: dict[str, Any] = {"type": "text", "text": "tok ", "model": "echo"}
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -128,7 +137,7 @@ def _serve_llmbrick(compression: bool) -> None:
 
     @flows.flow("default")
     async def tokens(request: ChatRequest) -> AsyncIterator[Event]:
-        for _ in range(int(request.messages[0].content)):
+        for _ in range(int(str(request.messages[0].content))):
             yield {"type": "text", "text": "tok ", "model": "echo"}
 
     server = WebSocketServer(flows, compression=compression, ping_interval=None)
@@ -158,8 +167,11 @@ async def _measure(port: int, pid: int, events: int, compression: bool) -> tuple
         await ws.send(start)
         received = 0
         async for message in ws:
-            received += 1
-            if isinstance(message, str) and message.endswith('"DONE"}}'):
+            text = message if isinstance(message, str) else message.decode()
+            # Count event frames only: the server may acknowledge a start (``started``).
+            if '"event":' in text:
+                received += 1
+            if text.endswith('"DONE"}}'):
                 break
         wall = time.perf_counter() - began
         cpu = _cpu_seconds(pid) - before
@@ -173,6 +185,7 @@ def _run_mode(mode: str, events: int, rounds: int) -> dict[str, float]:
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=functools.partial(prepare_process, SERVER_CPU),
     )
     try:
         assert process.stdout is not None
@@ -236,7 +249,11 @@ def main() -> None:
         else:
             _serve_llmbrick(compression=args.serve.endswith("deflate"))
         return
-    print(f"{args.events} events per round, median of {args.rounds} rounds, server CPU time")
+    prepare_process(CLIENT_CPU)
+    print(
+        f"{args.events} events per round, median of {args.rounds} rounds, server CPU time; "
+        f"server pinned to CPU {SERVER_CPU}, client to CPU {CLIENT_CPU}"
+    )
     print(f"{'server':<18}{'us/event':>10}{'spread':>10}{'events/s':>12}")
     for mode in args.modes.split(","):
         row = _run_mode(mode, args.events, args.rounds)

@@ -6,6 +6,10 @@ streaming tokens at ``--rate`` per second; then this process opens ``--storm``
 new connections at once, each starting one stream, and reports the latency
 from the start of its TCP connect to its first event (percentiles, in ms).
 
+The server is pinned to CPU 0; both clients (the background one and this process) to
+CPU 1, with the suite's own helper (``benchmarks.common.prepare_process``), as in
+``run.py``. They share that core, so at large counts the clients may be the bottleneck.
+
 Usage: ``.venv/bin/python benchmarks/ws_storm.py [--background 1000] [--storm 1000]``
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import socket
 import statistics
 import subprocess
@@ -22,6 +27,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as ``python benchmarks/ws_storm.py``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import CLIENT_CPU, SERVER_CPU, prepare_process  # noqa: E402
 
 
 def _serve() -> None:
@@ -36,7 +45,7 @@ def _serve() -> None:
 
     @flows.flow("default")
     async def tokens(request: ChatRequest) -> AsyncIterator[Event]:
-        count, interval = request.messages[0].content.split()
+        count, interval = str(request.messages[0].content).split()
         pause = float(interval)
         for _ in range(int(count)):
             yield {"type": "text", "text": "tok ", "model": "echo"}
@@ -116,8 +125,12 @@ def main() -> None:
 
         uvloop.run(_background(args.port, args.background, args.rate))
         return
+    prepare_process(CLIENT_CPU)
     server = subprocess.Popen(
-        [sys.executable, __file__, "--role", "server"], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--role", "server"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=functools.partial(prepare_process, SERVER_CPU),
     )
     background = None
     try:
@@ -131,6 +144,7 @@ def main() -> None:
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
+                preexec_fn=functools.partial(prepare_process, CLIENT_CPU),
             )
             assert background.stdout is not None
             assert background.stdout.readline().strip() == "ready"
@@ -147,6 +161,7 @@ def main() -> None:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
     print(
+        f"server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}: "
         f"{args.storm} connections while {args.background} streams run at {args.rate:g} tokens/s:"
         f" connect-to-first-event p50 {pct(0.5):.0f} ms, p90 {pct(0.9):.0f} ms,"
         f" p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms,"
