@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from llmbrick import Event, InvokeResult, collect_events
 
 from ._generated import flow_pb2, flow_pb2_grpc
+from ._options import merge_options
 from .codec import decode_event, decode_flow_info, encode_request, error_from_metadata
 from .errors import error_info, exception_for
 
@@ -45,8 +46,11 @@ def open_channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
-    """A ``grpc.aio`` channel to ``address`` with :func:`channel_options` plus ``options``."""
-    merged = [*channel_options(), *options]
+    """A ``grpc.aio`` channel to ``address`` with :func:`channel_options` and ``options``.
+
+    An option with the key of a default replaces it.
+    """
+    merged = merge_options(channel_options(), options)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=merged)
     return grpc.aio.secure_channel(address, credentials, options=merged)
@@ -78,7 +82,7 @@ class GrpcClient:
         timeout: default deadline in seconds for each call (``None``: none).
         credentials: TLS channel credentials; ``None`` connects in plaintext.
         metadata: metadata sent with every call (e.g. an authorization header).
-        options: extra channel arguments.
+        options: more channel arguments; one with the key of a default replaces it.
     """
 
     def __init__(

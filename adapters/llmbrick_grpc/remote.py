@@ -27,6 +27,7 @@ from llmbrick import (
 )
 
 from ._generated import brick_pb2, brick_pb2_grpc
+from ._options import merge_options
 from .client import channel_options, open_channel
 from .codec import code_for, decode_brick_info, error_from_metadata
 from .errors import error_info, exception_for
@@ -56,7 +57,7 @@ def _fetch_info(
     options: Sequence[tuple[str, Any]],
     metadata: Sequence[tuple[str, str]],
 ) -> dict[str, Any]:
-    merged = [*channel_options(), *options]
+    merged = merge_options(channel_options(), options)
     channel = (
         grpc.insecure_channel(address, options=merged)
         if credentials is None
