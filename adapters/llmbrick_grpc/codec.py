@@ -21,6 +21,7 @@ from ._generated import brick_pb2, event_pb2, flow_pb2
 
 __all__ = [
     "ERROR_METADATA_KEY",
+    "RETRY_PUSHBACK_KEY",
     "code_for",
     "decode_brick_info",
     "decode_error",
@@ -39,6 +40,10 @@ __all__ = [
 
 #: Trailing metadata key carrying a serialized ``llmbrick.v1.Error`` on every failed call.
 ERROR_METADATA_KEY = "llmbrick-error-bin"
+
+#: Trailing metadata key with the retry delay of a RESOURCE_EXHAUSTED call, in milliseconds:
+#: where gRPC clients look (a retry policy in a service config waits that long, in any language).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 # The one table from neutral codes to gRPC statuses; the names match by design.
 _STATUS: dict[str, grpc.StatusCode] = {
@@ -113,9 +118,19 @@ def _fits_error(value: dict[str, Any]) -> bool:
     )
 
 
-def error_metadata(error: Mapping[str, Any]) -> tuple[tuple[str, bytes]]:
-    """Trailing metadata carrying ``error`` in full (its details survive the status line)."""
-    return ((ERROR_METADATA_KEY, encode_error(error).SerializeToString()),)
+def error_metadata(error: Mapping[str, Any]) -> tuple[tuple[str, str | bytes], ...]:
+    """Trailing metadata carrying ``error`` in full (its details survive the status line).
+
+    A ``RESOURCE_EXHAUSTED`` error with ``retryAfter`` seconds in its details also
+    carries :data:`RETRY_PUSHBACK_KEY`, so stock gRPC clients wait as long too.
+    """
+    encoded = (ERROR_METADATA_KEY, encode_error(error).SerializeToString())
+    if error["code"] == ErrorCode.RESOURCE_EXHAUSTED:
+        details = error.get("details")
+        retry = details.get("retryAfter") if isinstance(details, Mapping) else None
+        if isinstance(retry, int | float) and not isinstance(retry, bool) and retry >= 0:
+            return encoded, (RETRY_PUSHBACK_KEY, str(round(retry * 1000)))
+    return (encoded,)
 
 
 def error_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> ErrorInfo | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -14,7 +15,9 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from llmbrick import Brick, FlowRuntime, as_runtime
 
-from ._generated import brick_pb2, brick_pb2_grpc, flow_pb2, flow_pb2_grpc
+from ._generated import brick_pb2, flow_pb2
+from ._handlers import register_servicer
+from ._options import merge_options
 from .services import create_brick_servicer, create_servicer
 
 __all__ = [
@@ -27,9 +30,12 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_FLOW_DESCRIPTOR = flow_pb2.DESCRIPTOR.services_by_name["FlowService"]
+_BRICK_DESCRIPTOR = brick_pb2.DESCRIPTOR.services_by_name["BrickService"]
+
 #: Full names of the services, as health checks and reflection know them.
-FLOW_SERVICE: str = flow_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name
-BRICK_SERVICE: str = brick_pb2.DESCRIPTOR.services_by_name["BrickService"].full_name
+FLOW_SERVICE: str = _FLOW_DESCRIPTOR.full_name
+BRICK_SERVICE: str = _BRICK_DESCRIPTOR.full_name
 
 _log = logging.getLogger("llmbrick.grpc")
 
@@ -41,6 +47,8 @@ def server_options(
     keepalive_time: float = 30.0,
     keepalive_timeout: float = 10.0,
     min_client_ping_interval: float = 10.0,
+    max_pending_calls: int | None = None,
+    max_pending_time: float = 3600.0,
 ) -> list[tuple[str, int]]:
     """The channel arguments ``GrpcServer`` sets, each for a reason (see docs/grpc.md).
 
@@ -59,11 +67,32 @@ def server_options(
         min_client_ping_interval: the shortest client ping interval accepted
             without data; gRPC's default (5 minutes) answers clients that ping
             more often with GOAWAY ``too_many_pings``.
+        max_pending_calls: calls received but not yet picked up by the Python
+            server that may wait; past it gRPC's C core starts cancelling new ones
+            at random (all of them at twice as many). ``None``: four connections'
+            worth of ``max_concurrent_streams``.
+        max_pending_time: seconds such a call may wait before the C core cancels
+            it (gRPC's default is 30): a call the loop is slow to pick up waits,
+            within its own deadline, instead of failing ``CANCELLED``.
     """
+    pending = 4 * max_concurrent_streams if max_pending_calls is None else max_pending_calls
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_concurrent_streams", max_concurrent_streams),
+        # gRPC's default counts a stream against MAX_CONCURRENT_STREAMS until the Python
+        # server has released its call, which lags the client's view by a loop turn or
+        # more: a client keeping to the limit got RST_STREAM(REFUSED_STREAM), i.e.
+        # UNAVAILABLE. Off, the limit is the one advertised, and the streams beyond it
+        # wait in the client's queue. The calls of reset streams are bounded below.
+        ("grpc.http.overload_protection", 0),
+        # grpc.aio picks up one call per method at a time, a few loop turns each, so on a
+        # busy loop calls wait in the C core. Past these limits it cancels them
+        # (CANCELLED, unseen by the runtime); keep them above what clients that respect
+        # MAX_CONCURRENT_STREAMS can have waiting.
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+        ("grpc.server_max_unrequested_time_in_server", math.ceil(max_pending_time)),
         ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -89,6 +118,8 @@ async def add_services(
     """Add ``FlowService``, ``BrickService``, health and reflection to a ``grpc.aio`` server.
 
     This is how a gateway serves gRPC next to other adapters from one runtime.
+    Bytes that are not a valid request message are answered INVALID_ARGUMENT.
+    Use :func:`server_options` for the server's channel arguments.
 
     Args:
         server: a server not yet started.
@@ -101,17 +132,20 @@ async def add_services(
     Returns:
         The health servicer (``grpc_health.v1.health.aio.HealthServicer``) or ``None``.
     """
-    flow_pb2_grpc.add_FlowServiceServicer_to_server(
-        create_servicer(runtime, max_batch=max_batch, max_batch_bytes=max_batch_bytes), server
+    register_servicer(
+        server,
+        _FLOW_DESCRIPTOR,
+        create_servicer(runtime, max_batch=max_batch, max_batch_bytes=max_batch_bytes),
     )
-    brick_pb2_grpc.add_BrickServiceServicer_to_server(
+    register_servicer(
+        server,
+        _BRICK_DESCRIPTOR,
         create_brick_servicer(
             bricks if bricks is not None else {},
             max_batch=max_batch,
             debug=runtime.debug,
             logger=runtime.logger,
         ),
-        server,
     )
     names = [FLOW_SERVICE, BRICK_SERVICE]
     servicer = None
@@ -141,14 +175,15 @@ class GrpcServer:
         bricks: more bricks to serve on ``BrickService``.
         health_checks: serve ``grpc.health.v1.Health``.
         reflection_service: serve server reflection.
-        max_message_bytes, max_concurrent_streams, keepalive_time, keepalive_timeout:
-            see :func:`server_options`.
+        max_message_bytes, max_concurrent_streams, keepalive_time, keepalive_timeout,
+        max_pending_calls, max_pending_time: see :func:`server_options`.
         max_concurrent_rpcs: calls in progress at once before new ones get
-            RESOURCE_EXHAUSTED from gRPC itself (``None``: no limit; the runtime's
-            ``max_streams`` is the usual limit).
+            RESOURCE_EXHAUSTED from gRPC itself, health checks included and without
+            a retry delay (``None``: no limit; the runtime's ``max_streams`` is the
+            usual limit, and says when to retry).
         max_batch: events one response may carry.
         credentials: TLS credentials (``grpc.ssl_server_credentials``); ``None`` serves plaintext.
-        options: extra channel arguments, appended after the defaults (later ones win).
+        options: more channel arguments; one with the key of a default replaces it.
     """
 
     def __init__(
@@ -162,6 +197,8 @@ class GrpcServer:
         max_concurrent_streams: int = 1024,
         keepalive_time: float = 30.0,
         keepalive_timeout: float = 10.0,
+        max_pending_calls: int | None = None,
+        max_pending_time: float = 3600.0,
         max_concurrent_rpcs: int | None = None,
         max_batch: int = 64,
         credentials: grpc.ServerCredentials | None = None,
@@ -180,15 +217,17 @@ class GrpcServer:
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.credentials = credentials
-        self.options: list[tuple[str, Any]] = [
-            *server_options(
+        self.options: list[tuple[str, Any]] = merge_options(
+            server_options(
                 max_message_bytes=max_message_bytes,
                 max_concurrent_streams=max_concurrent_streams,
                 keepalive_time=keepalive_time,
                 keepalive_timeout=keepalive_timeout,
+                max_pending_calls=max_pending_calls,
+                max_pending_time=max_pending_time,
             ),
-            *options,
-        ]
+            options,
+        )
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._port: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -37,6 +38,21 @@ _ADAPTER_BUG = "internal error in the gRPC adapter; see the server log"
 
 async def _abort(context: _Context, error: Mapping[str, Any]) -> NoReturn:
     await context.abort(status_for(error["code"]), error["message"], error_metadata(error))
+
+
+async def _write(context: _Context, message: Any) -> None:
+    """``context.write``, where a write the C core refuses is the client's cancel.
+
+    When a client cancels (or its deadline passes, or its connection drops), the C
+    core ends the call at once, and gRPC tells the handler by cancelling its task
+    once the loop gets to it. A write started in between fails with an
+    ``ExecuteBatchError`` instead. It is the same event, so it ends the same way:
+    as a cancellation (which gRPC logs at debug), not as a crash of the adapter.
+    """
+    try:
+        await context.write(message)
+    except grpc.aio.InternalError as exc:  # ExecuteBatchError: the call is already over
+        raise asyncio.CancelledError from exc
 
 
 async def _abort_internal(context: _Context, logger: logging.Logger, what: str) -> NoReturn:
@@ -102,11 +118,11 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
             if size > budget and len(events) > 1:
                 # Too big for one message: send what came before and start a new one with it.
                 del events[-1]
-                await context.write(response)
+                await _write(context, response)
                 response = flow_pb2.StreamResponse()
                 events = response.events
                 size = encode_event(event, events.add()).ByteSize()
-        await context.write(response)
+        await _write(context, response)
 
     async def Invoke(
         self, request: flow_pb2.StreamRequest, context: _Context
@@ -243,7 +259,7 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
             while batch := await pump.take():
                 response = brick_pb2.BrickStreamResponse()
                 response.outputs_json.extend(output.model_dump_json() for output in batch)
-                await context.write(response)
+                await _write(context, response)
         except Exception as exc:
             await self._fail(context, exc, brick.name)
         finally:
