@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,6 +47,7 @@ async def serve_asgi(
         ``host:port``.
     """
     import uvicorn
+
     from llmbrick_http import HttpSettings, uvicorn_config
 
     sock = sock or bound_socket()
@@ -116,3 +117,21 @@ async def serve_gateway(gateway: Any) -> AsyncIterator[Any]:
     finally:
         gateway.stop()
         await asyncio.wait_for(task, TIMEOUT)
+
+
+async def quiescent(count: Callable[[], int], turns: int = 200) -> int:
+    """Wait until the flow stops producing (for ``turns`` loop turns in a row); returns the count.
+
+    The server runs in this event loop, and a runnable flow produces on every
+    turn, so a count that stays put for many turns means the flow is waiting
+    for the client.
+    """
+    still = 0
+    last = -1
+    for _ in range(200_000):
+        await asyncio.sleep(0)
+        still = still + 1 if count() == last else 0
+        last = count()
+        if still >= turns:
+            return last
+    raise AssertionError(f"the flow never stopped producing ({last} events)")

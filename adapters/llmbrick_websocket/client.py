@@ -58,10 +58,12 @@ class ClientStream:
     :meth:`aclose` (or ``async with``), which cancels the stream on the server.
     """
 
-    __slots__ = ("_client", "_events", "_finished", "_request", "_started", "id")
+    __slots__ = ("_client", "_events", "_finished", "_request", "_started", "id", "stream_id")
 
     def __init__(self, client: WebSocketClient, stream_id: str, request: dict[str, Any]) -> None:
         self.id = stream_id
+        #: The server's id of the stream (to resume it), once the server confirmed the start.
+        self.stream_id: str | None = None
         self._client = client
         self._request = request
         self._events: asyncio.Queue[Event | LLMBrickError] = asyncio.Queue()
@@ -266,7 +268,10 @@ class WebSocketClient:
                     _log.warning("ignoring a frame outside the protocol: %s", exc)
                     continue
                 stream = streams.get(frame.id) if frame.id is not None else None
-                if frame.event is not None:
+                if frame.stream_id is not None:
+                    if stream is not None:
+                        stream.stream_id = frame.stream_id
+                elif frame.event is not None:
                     if stream is not None:
                         if frame.event["type"] in TERMINAL_TYPES:
                             del streams[stream.id]

@@ -7,8 +7,13 @@ Client to server (JSON text frames)::
 
 Server to client::
 
+    {"type": "started", "id": "<stream id>", "streamId": "<the server's stream id>"}
     {"id": "<stream id>", "event": {...the event dict as the runtime stamped it...}}
     {"type": "error", "id": "<stream id, when known>", "error": {"code": ..., "message": ...}}
+
+A browser cannot set an ``Authorization`` header on a WebSocket: it offers the
+subprotocols ``llmbrick`` and ``llmbrick.bearer.<key>`` instead, and the server
+accepts ``llmbrick``.
 
 The second kind answers a frame the server could not act on; stream outcomes,
 errors included, always travel as the stream's own terminal event.
@@ -24,6 +29,7 @@ import orjson
 from llmbrick import ErrorCode, ErrorInfo, Event
 
 __all__ = [
+    "BEARER_PREFIX",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "MAX_ID_LENGTH",
@@ -31,10 +37,13 @@ __all__ = [
     "NORMAL_CLOSURE",
     "POLICY_VIOLATION",
     "SERVICE_RESTART",
+    "SUBPROTOCOL",
     "Cancel",
     "Problem",
     "ServerFrame",
     "Start",
+    "bearer_from_subprotocols",
+    "bearer_subprotocols",
     "cancelled_event",
     "close_for",
     "code_for_close",
@@ -42,6 +51,7 @@ __all__ = [
     "encode_event",
     "encode_problem",
     "encode_start",
+    "encode_started",
     "failed_event",
     "parse_client_frame",
     "parse_server_frame",
@@ -57,6 +67,11 @@ SERVICE_RESTART = 1012
 
 #: Longest client stream id accepted; ids are echoed on every frame of the stream.
 MAX_ID_LENGTH = 128
+
+#: The subprotocol the server accepts when a client offers it.
+SUBPROTOCOL = "llmbrick"
+#: A subprotocol carrying an API key, for clients that cannot set headers (browsers).
+BEARER_PREFIX = "llmbrick.bearer."
 
 # The one table: why a whole connection ends -> close code and the reason sent with it.
 # Reasons are fixed strings so that no exception text ever reaches the client.
@@ -112,6 +127,19 @@ class Problem:
     id: str | None = None
 
 
+def bearer_from_subprotocols(offered: list[str]) -> str | None:
+    """The API key a client offered as ``llmbrick.bearer.<key>``, if any."""
+    for name in offered:
+        if name.startswith(BEARER_PREFIX) and len(name) > len(BEARER_PREFIX):
+            return name[len(BEARER_PREFIX) :]
+    return None
+
+
+def bearer_subprotocols(key: str) -> list[str]:
+    """The subprotocols a client offers to authenticate with ``key`` (no header needed)."""
+    return [SUBPROTOCOL, BEARER_PREFIX + key]
+
+
 def text_size_over(text: str, limit: int) -> bool:
     """Whether ``text`` is more than ``limit`` bytes in UTF-8, encoding only when it must."""
     if len(text) > limit:
@@ -134,7 +162,7 @@ def parse_client_frame(text: str) -> Start | Cancel | Problem:
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return Problem(f"the frame is not valid JSON: {exc}")
+        return Problem(f"the frame is not valid JSON (line {exc.lineno}, column {exc.colno})")
     if type(frame) is not dict:
         return Problem(f"the frame must be a JSON object, got {_json_type(frame)}")
     kind = frame.get("type")
@@ -176,6 +204,11 @@ def encode_event(stream_id: str, event: Event) -> str:
     return orjson.dumps({"id": stream_id, "event": event}).decode()
 
 
+def encode_started(stream_id: str, server_stream_id: str) -> str:
+    """The reply to a ``start`` that started: the server's id of the stream, for resuming it."""
+    return orjson.dumps({"type": "started", "id": stream_id, "streamId": server_stream_id}).decode()
+
+
 def encode_problem(message: str, stream_id: str | None = None) -> str:
     """The frame answering a client frame the server could not act on."""
     error = {"code": ErrorCode.INVALID_ARGUMENT.value, "message": message}
@@ -210,11 +243,13 @@ def encode_cancel(stream_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerFrame:
-    """A frame from the server: an event of stream ``id``, or an ``error`` about a frame."""
+    """A frame from the server: an event of stream ``id``, an ``error`` about a frame, or
+    the ``started`` reply carrying the server's stream id."""
 
     id: str | None
     event: Event | None = None
     error: ErrorInfo | None = None
+    stream_id: str | None = None
 
 
 def parse_server_frame(data: str | bytes) -> ServerFrame:
@@ -235,4 +270,7 @@ def parse_server_frame(data: str | bytes) -> ServerFrame:
     error = frame.get("error")
     if frame.get("type") == "error" and type(error) is dict:
         return ServerFrame(stream_id, error=error)  # type: ignore[arg-type]
+    server_id = frame.get("streamId")
+    if frame.get("type") == "started" and stream_id is not None and type(server_id) is str:
+        return ServerFrame(stream_id, stream_id=server_id)
     raise ValueError("a server frame needs an id and an event, or type 'error'")

@@ -21,7 +21,7 @@ from llmbrick import (
 )
 from llmbrick_sse import SSEServer
 from llmbrick_sse.endpoint import next_ping
-from tests.support import TIMEOUT, bound_socket, parse_sse, serve_asgi, sse_events
+from tests.support import TIMEOUT, bound_socket, parse_sse, quiescent, serve_asgi, sse_events
 
 HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hello world"}]}
 
@@ -410,24 +410,6 @@ async def open_stream(address: str, payload: bytes) -> tuple[Any, Any]:
     return reader, writer
 
 
-async def quiescent(produced: list[int], turns: int = 200) -> int:
-    """Wait until the flow stops producing (for ``turns`` loop turns in a row); returns the count.
-
-    The server runs in this event loop, and a runnable flow produces on every
-    turn, so a count that stays put for many turns means the flow is waiting
-    for the client.
-    """
-    still = 0
-    last = -1
-    for _ in range(200_000):
-        await asyncio.sleep(0)
-        still = still + 1 if produced[0] == last else 0
-        last = produced[0]
-        if still >= turns:
-            return last
-    raise AssertionError(f"the flow never stopped producing ({last} events)")
-
-
 async def raw_client(address: str, request: bytes, receive_buffer: int = 32 << 10) -> socket.socket:
     """A client socket, not watched by the event loop, that reads only when told to."""
     host, port = address.split(":")
@@ -476,7 +458,7 @@ async def test_a_client_that_stops_reading_holds_back_the_flow_within_the_byte_b
     async with serve_asgi(server.app, sock=bound_socket(send_buffer=32 << 10)) as address:
         sock = await raw_client(address, post(HELLO_BYTES))
         try:
-            held = await quiescent(produced)
+            held = await quiescent(lambda: produced[0])
             # The bound, one event in flight, and what the kernel and transport buffers took.
             assert held * (64 << 10) <= bound + (1 << 20), f"{held} events of 64 KiB produced"
             frames = parse_sse(_dechunk(await read_all(sock, b"0\r\n\r\n")))
@@ -502,7 +484,7 @@ async def test_a_slow_reader_gets_waiting_events_coalesced_in_order() -> None:
     async with serve_asgi(app, sock=bound_socket(send_buffer=32 << 10)) as address:
         sock = await raw_client(address, post(HELLO_BYTES))
         try:
-            await quiescent(produced)  # the client is behind: events wait on the server
+            await quiescent(lambda: produced[0])  # the client is behind: events wait on the server
             body = await read_all(sock, b"0\r\n\r\n")
         finally:
             sock.close()

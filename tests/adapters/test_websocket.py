@@ -12,7 +12,7 @@ import pytest
 from litestar import Litestar
 from websockets.exceptions import ConnectionClosed
 
-from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, FlowStream
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, FlowStream, RequestContext
 from llmbrick_websocket import WebSocketServer, create_router
 from llmbrick_websocket.codec import encode_event
 from tests.adapters.websocket_support import (
@@ -27,7 +27,7 @@ from tests.adapters.websocket_support import (
     send,
     served,
 )
-from tests.support import TIMEOUT, serve_asgi
+from tests.support import TIMEOUT, bound_socket, quiescent, serve_asgi
 
 
 async def closed_with(ws: Any) -> tuple[int | None, str | None]:
@@ -320,10 +320,17 @@ async def test_frame_over_the_limit_closes_1009_when_mounted_elsewhere(frame: st
 
 
 class _BrokenRuntime(FlowRuntime):
-    def start(self, name: str | None, payload: object, *, transport: str = "python") -> FlowStream:
+    def start(
+        self,
+        name: str | None,
+        payload: object,
+        *,
+        transport: str = "python",
+        context: RequestContext | None = None,
+    ) -> FlowStream:
         if isinstance(payload, dict) and payload.get("flow") == "explode":
             raise RuntimeError("secret internal detail")
-        return super().start(name, payload, transport=transport)
+        return super().start(name, payload, transport=transport, context=context)
 
 
 class _Records(logging.Handler):
@@ -394,7 +401,7 @@ async def test_keepalive_drops_a_peer_that_stops_answering_pings() -> None:
 
 
 async def test_a_slow_reader_suspends_the_flow_instead_of_queueing_without_bound() -> None:
-    total, size = 3000, 16 * 1024
+    total, size = 600, 16 * 1024
     produced = 0
     flows = FlowRegistry()
 
@@ -405,25 +412,21 @@ async def test_a_slow_reader_suspends_the_flow_instead_of_queueing_without_bound
             produced += 1
             yield {"type": "text", "text": "x" * size}
 
-    server = WebSocketServer(flows, queue_size=4, ping_interval=None)
+    server = WebSocketServer(flows, max_buffer_bytes=64 * 1024, ping_interval=None)
     # A fixed receive buffer keeps the kernel from autotuning it to tens of MiB.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
     sock.setblocking(False)
-    async with served(server) as url:
+    # A small send buffer on the server's side too, so the kernel holds little of the backlog.
+    async with served(server, sock=bound_socket(send_buffer=128 << 10)) as url:
         host, port = url.removeprefix("ws://").removesuffix("/ws").split(":")
         await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
         async with raw(url, sock=sock, max_queue=1, max_size=None) as ws:
             # The client reads nothing: its library stops reading the socket after one frame.
             await send(ws, {"type": "start", "id": "f", "request": chat("x", flow="flood")})
-            last, steady = -1, 0
-            async with asyncio.timeout(TIMEOUT):
-                while steady < 10:  # no progress across ten polls: the flow is suspended
-                    await asyncio.sleep(0.05)
-                    steady = steady + 1 if produced == last else 0
-                    last = produced
-            # The queue plus the socket buffers (a few MiB), far from all 48 MiB.
-            assert 0 < produced < total // 3
+            await quiescent(lambda: produced)
+            # The send buffer plus the socket buffers (well under a MiB), far from all 9.6 MiB.
+            assert 0 < produced * size < (64 << 10) + (1 << 20), produced
             received = 0
             while True:
                 frame = await recv(ws)
@@ -469,7 +472,7 @@ async def test_server_flow_decorator_registers_on_its_runtime() -> None:
 
 
 @pytest.mark.parametrize(
-    "setting", ["max_streams", "max_message_size", "max_protocol_errors", "queue_size"]
+    "setting", ["max_streams", "max_message_size", "max_protocol_errors", "max_buffer_bytes"]
 )
 def test_limits_must_be_positive(setting: str) -> None:
     options: dict[str, Any] = {setting: 0}
@@ -483,7 +486,7 @@ async def test_a_crash_in_a_stream_task_closes_1011(monkeypatch: pytest.MonkeyPa
             raise RuntimeError("adapter bug with secret detail")
         return encode_event(stream_id, event)
 
-    monkeypatch.setattr("llmbrick_websocket.server.encode_event", encode)
+    monkeypatch.setattr("llmbrick_websocket.connection.encode_event", encode)
     hold = Hold()
     async with served(WebSocketServer(registry(hold))) as url, raw(url) as ws:
         await send(ws, {"type": "start", "id": "h", "request": chat("h", flow="hold")})

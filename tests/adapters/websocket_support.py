@@ -108,10 +108,12 @@ async def send(ws: ClientConnection, frame: dict[str, Any] | str | bytes) -> Non
     await ws.send(orjson.dumps(frame).decode() if isinstance(frame, dict) else frame)
 
 
-async def recv(ws: ClientConnection) -> dict[str, Any]:
-    """The next server frame, decoded (bounded wait)."""
-    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-    return frame
+async def recv(ws: ClientConnection, *, started: bool = False) -> dict[str, Any]:
+    """The next server frame, decoded (bounded wait); ``started`` replies skipped unless asked."""
+    while True:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        if started or frame.get("type") != "started":
+            return frame
 
 
 async def collect(ws: ClientConnection, *ids: str) -> dict[str, list[Event]]:

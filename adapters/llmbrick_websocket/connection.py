@@ -1,0 +1,370 @@
+"""One WebSocket connection: its handshake checks, its streams, and the writer that drains them.
+
+Per connection there is one reader (it parses client frames and starts or
+cancels streams), one task per stream (it iterates the runtime's
+``FlowStream`` and encodes each event once), and one writer task draining a
+``SendBuffer`` bounded in bytes. A slow client fills that buffer and then the
+stream tasks wait in ``put``, which suspends their flows: server memory stays
+bounded per connection whatever the client's reading speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from litestar import WebSocket
+from litestar.exceptions import WebSocketDisconnect
+from litestar.types import WebSocketSendEvent
+
+from llmbrick import (
+    TERMINAL_TYPES,
+    ErrorCode,
+    FlowRuntime,
+    FlowStream,
+    LLMBrickError,
+    RequestContext,
+)
+from llmbrick.flow_control import SendBuffer
+from llmbrick_http import HttpSettings, context_from_scope
+
+from .codec import (
+    SUBPROTOCOL,
+    Cancel,
+    Problem,
+    Start,
+    bearer_from_subprotocols,
+    cancelled_event,
+    close_for,
+    encode_event,
+    encode_problem,
+    encode_started,
+    failed_event,
+    parse_client_frame,
+    text_size_over,
+)
+
+__all__ = ["Limits", "serve_connection"]
+
+_log = logging.getLogger("llmbrick.websocket")
+
+_BINARY_PROBLEM = Problem("binary frames are not supported; send JSON text frames")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may do; see ``create_router`` for each."""
+
+    max_streams: int
+    max_message_size: int
+    max_protocol_errors: int
+    max_buffer_bytes: int
+    close_timeout: float
+
+
+class _Close(Exception):
+    """Raised by the reader to end the connection with the close code for ``code``."""
+
+    def __init__(self, code: ErrorCode) -> None:
+        super().__init__(code.value)
+        self.code = code
+
+
+class _Stream:
+    """One client stream of a connection."""
+
+    __slots__ = ("cancelled", "id", "sent", "started", "stream", "task")
+
+    def __init__(self, stream_id: str, stream: FlowStream) -> None:
+        self.id = stream_id
+        self.stream = stream
+        self.sent = 0
+        self.started = False
+        self.cancelled = False
+        self.task: asyncio.Task[None] | None = None
+
+
+async def serve_connection(
+    socket: WebSocket[Any, Any, Any], runtime: FlowRuntime, limits: Limits, http: HttpSettings
+) -> None:
+    """Check the handshake (origin, credentials), then serve the socket until it closes."""
+    scope = socket.scope
+    offered: list[str] = list(scope.get("subprotocols") or ())
+    context = context_from_scope(scope, "websocket", credentials=bearer_from_subprotocols(offered))
+    headers = context.headers
+    if not http.origin_allowed(headers.get("origin"), headers.get("host")):
+        await _refuse(socket, 403, "PERMISSION_DENIED", "this origin may not open a WebSocket here")
+        return
+    try:
+        await runtime.authenticate(context)
+    except LLMBrickError as exc:
+        status = 401 if exc.code is ErrorCode.UNAUTHENTICATED else 403
+        await _refuse(socket, status, exc.code.value, exc.message)
+        return
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    await _Connection(socket, runtime, limits, context).serve(subprotocol)
+
+
+async def _refuse(socket: WebSocket[Any, Any, Any], status: int, code: str, message: str) -> None:
+    """Answer the handshake with an HTTP error instead of accepting the socket."""
+    if "websocket.http.response" in (socket.scope.get("extensions") or {}):
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="llmbrick"'))
+        await socket.send(
+            {"type": "websocket.http.response.start", "status": status, "headers": headers}
+        )
+        await socket.send(
+            {"type": "websocket.http.response.body", "body": body, "more_body": False}
+        )
+        return
+    # Servers without the extension answer a close before accept with 403.
+    await socket.send({"type": "websocket.close", "code": 1008, "reason": ""})
+
+
+class _Connection:
+    """The state of one accepted socket: its live streams, its send buffer and its writer."""
+
+    __slots__ = (
+        "_buffer",
+        "_closing",
+        "_context",
+        "_errors",
+        "_failure",
+        "_limits",
+        "_live",
+        "_owner",
+        "_running",
+        "_runtime",
+        "_socket",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        runtime: FlowRuntime,
+        limits: Limits,
+        context: RequestContext,
+    ) -> None:
+        self._socket = socket
+        self._runtime = runtime
+        self._limits = limits
+        self._context = context
+        self._live: dict[str, _Stream] = {}
+        self._running: dict[asyncio.Task[None], _Stream] = {}
+        self._buffer: SendBuffer[str] = SendBuffer(limits.max_buffer_bytes)
+        self._errors = 0
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._owner: asyncio.Task[Any] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def serve(self, subprotocol: str | None) -> None:
+        """Accept the socket and serve it until the client leaves or the server closes it."""
+        owner = self._owner = asyncio.current_task()
+        assert owner is not None
+        try:
+            await self._socket.accept(subprotocols=subprotocol)
+        except (OSError, WebSocketDisconnect):
+            return  # the client left during the handshake
+        self._writer = asyncio.create_task(self._write())
+        reason: ErrorCode | None = None
+        try:
+            try:
+                await self._read()
+            except _Close as exc:
+                reason = exc.code
+            except asyncio.CancelledError:
+                # Only the cancel that _fail() sent is ours to absorb.
+                if self._failure is None or owner.uncancel() > 0:
+                    raise
+                reason = ErrorCode.INTERNAL
+            except Exception as exc:
+                self._failure = exc
+                reason = ErrorCode.INTERNAL
+            if self._failure is not None:
+                _log.error(
+                    "websocket connection failed; closing it with 1011", exc_info=self._failure
+                )
+            await self._stop_streams()
+            if reason is not None:
+                await self._flush()
+                await self._close(reason)
+        finally:
+            await self._stop_streams()
+            self._buffer.close()
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+
+    async def _put(self, frame: str) -> None:
+        await self._buffer.put(frame, len(frame))
+
+    async def _read(self) -> None:
+        receive = self._socket.receive
+        limit = self._limits.max_message_size
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect: the client left or the protocol layer closed
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > limit:
+                    raise _Close(ErrorCode.RESOURCE_EXHAUSTED)
+                await self._problem(_BINARY_PROBLEM)
+                continue
+            if text_size_over(text, limit):
+                raise _Close(ErrorCode.RESOURCE_EXHAUSTED)
+            command = parse_client_frame(text)
+            if type(command) is Start:
+                await self._start(command)
+            elif type(command) is Cancel:
+                self._cancel(command.id)
+            else:
+                assert isinstance(command, Problem)
+                await self._problem(command)
+
+    async def _problem(self, problem: Problem) -> None:
+        self._errors += 1
+        await self._put(encode_problem(problem.message, problem.id))
+        if self._errors >= self._limits.max_protocol_errors:
+            raise _Close(ErrorCode.INVALID_ARGUMENT)
+
+    async def _start(self, command: Start) -> None:
+        stream_id = command.id
+        if stream_id in self._live:
+            message = f"stream id {stream_id!r} is already running; use a new id per stream"
+            await self._problem(Problem(message, stream_id))
+            return
+        cap = self._limits.max_streams
+        try:
+            if len(self._live) >= cap:
+                raise LLMBrickError(
+                    f"this connection runs its maximum of {cap} streams; "
+                    "wait for one to end or open another connection",
+                    code=ErrorCode.RESOURCE_EXHAUSTED,
+                    details={"maxStreams": cap},
+                )
+            flow_stream = self._runtime.start(
+                None, command.request, context=self._context.derive("websocket")
+            )
+        except LLMBrickError as exc:
+            # As FlowRuntime.run does: a stream that cannot start is one terminal error event.
+            await self._put(encode_event(stream_id, failed_event(exc.to_info(), 1)))
+            return
+        record = _Stream(stream_id, flow_stream)
+        task = asyncio.create_task(self._pump(record))
+        record.task = task
+        self._live[stream_id] = record
+        self._running[task] = record
+        task.add_done_callback(self._finished)
+        await self._put(encode_started(stream_id, flow_stream.id))
+
+    def _cancel(self, stream_id: str) -> None:
+        record = self._live.get(stream_id)
+        # An unknown id is a stream that already ended: its terminal event is on its way.
+        if record is None or record.cancelled:
+            return
+        record.cancelled = True
+        if record.started and record.task is not None:
+            record.task.cancel()
+
+    async def _pump(self, record: _Stream) -> None:
+        # A task cancelled before its first step never runs its body, so cancels
+        # that come that early are flags checked here instead.
+        record.started = True
+        task = record.task
+        try:
+            async with aclosing(record.stream):
+                if not (record.cancelled or self._closing):
+                    await self._forward(record)
+                    return
+        except asyncio.CancelledError:
+            if not record.cancelled or self._closing or task is None or task.uncancel() > 0:
+                raise
+        if self._closing:
+            return
+        # The client cancelled: the flow has been closed, its finally blocks ran.
+        self._forget(record)
+        await self._put(encode_event(record.id, cancelled_event(record.sent + 1)))
+
+    async def _forward(self, record: _Stream) -> None:
+        put = self._buffer.put
+        stream_id = record.id
+        async for event in record.stream:
+            # The runtime only hands out events JSON can carry, so encoding cannot fail.
+            frame = encode_event(stream_id, event)
+            if event["type"] in TERMINAL_TYPES:
+                # Free the id before the terminal event leaves, so the client may reuse it.
+                self._forget(record)
+            await put(frame, len(frame))
+            record.sent += 1
+
+    def _forget(self, record: _Stream) -> None:
+        if self._live.get(record.id) is record:
+            del self._live[record.id]
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        record = self._running.pop(task)
+        self._forget(record)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if self._closing:
+            _log.error("stream %s failed while its connection closed", record.id, exc_info=exc)
+        else:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None and self._owner is not None:
+            self._failure = exc
+            self._owner.cancel()
+
+    async def _write(self) -> None:
+        get = self._buffer.get
+        send = self._socket.send
+        while (frame := await get()) is not None:
+            message: WebSocketSendEvent = {"type": "websocket.send", "bytes": None, "text": frame}
+            try:
+                await send(message)
+            except Exception:
+                break  # the peer is gone; the reader is about to hear the disconnect
+        # Keep draining so no stream waits on a buffer that nobody empties.
+        while await get() is not None:
+            pass
+
+    async def _stop_streams(self) -> None:
+        self._closing = True
+        if not self._running:
+            return
+        for task, record in self._running.items():
+            if record.started:
+                task.cancel()
+        await asyncio.wait(list(self._running))
+
+    async def _flush(self) -> None:
+        """Let the writer send what is buffered (an error frame explaining the close, say)."""
+        writer = self._writer
+        assert writer is not None
+        self._buffer.close()
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                await asyncio.wait([writer])
+        except TimeoutError:
+            pass
+
+    async def _close(self, reason: ErrorCode) -> None:
+        code, text = close_for(reason)
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                await self._socket.close(code, text)
+        except (TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
+            pass  # already closed or the peer stopped reading; uvicorn drops the transport
