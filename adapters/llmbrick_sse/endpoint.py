@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from litestar.types import Message, Receive, Scope, Send
-from llmbrick_http import HttpSettings, context_from_scope
 
 from llmbrick import (
     ErrorCode,
@@ -30,6 +29,7 @@ from llmbrick import (
     RequestContext,
 )
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
+from llmbrick_http import HttpSettings, context_from_scope
 
 from .codec import is_json_content_type
 from .wire import MAX_ECHO, HttpCodec, Opening, Rejected

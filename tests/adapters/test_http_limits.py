@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from llmbrick_http import HttpSettings
 
 from llmbrick import ApiKeyAuth, CallerLimits, ChatRequest, Event, FlowRegistry, FlowRuntime
+from llmbrick_http import HttpSettings
 from llmbrick_sse import SSEServer
 from tests.support import TIMEOUT, serve_asgi
 
