@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import llmbrick
 import llmbrick.auth
 import llmbrick.bricks
@@ -51,6 +53,42 @@ def test_importing_the_core_loads_no_transport() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_importing_the_upstream_server_paths_loads_no_transport() -> None:
+    # `import llmbrick.servers` (and its shim modules) loads nothing until a name is used.
+    code = (
+        "import sys, llmbrick.servers, llmbrick.servers.sse, llmbrick.servers.websocket, "
+        "llmbrick.servers.grpc; "
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {TRANSPORTS!r} "
+        f"or m.startswith('google.protobuf') or m.startswith('llmbrick_')]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_the_upstream_server_paths_name_the_adapters_classes() -> None:
+    # Upstream llmbrick's spelling, e.g. `from llmbrick.servers.sse import SSEServer`.
+    import llmbrick_grpc
+    import llmbrick_sse
+    import llmbrick_websocket
+    from llmbrick.servers import grpc, sse, websocket
+
+    assert (sse.SSEServer, sse.SSEClient) == (llmbrick_sse.SSEServer, llmbrick_sse.SSEClient)
+    assert websocket.WebSocketServer is llmbrick_websocket.WebSocketServer
+    assert websocket.WebSocketClient is llmbrick_websocket.WebSocketClient
+    assert websocket.connect is llmbrick_websocket.connect
+    assert (grpc.GrpcServer, grpc.GrpcClient) == (
+        llmbrick_grpc.GrpcServer,
+        llmbrick_grpc.GrpcClient,
+    )
+    assert grpc.RemoteBrick is llmbrick_grpc.RemoteBrick
+    for module in (sse, websocket, grpc):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module, name)
+        with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
+            module.Nothing  # noqa: B018 - the attribute access is the test
 
 
 def test_core_sources_never_import_transports_or_adapters() -> None:
