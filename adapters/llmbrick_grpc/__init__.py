@@ -11,7 +11,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"llmbrick_grpc needs the 'grpc' extra ({exc.name} is missing): "
-        "pip install 'llmbrick[grpc]'"
+        "pip install '.[grpc]' from a checkout of llmbrick, "
+        "or pip install 'llmbrick[grpc] @ <wheel or git URL>'"
     ) from exc
 
 from .client import GrpcClient

@@ -10,7 +10,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"llmbrick_websocket needs the 'websocket' extra ({exc.name} is missing): "
-        "pip install 'llmbrick[websocket]'"
+        "pip install '.[websocket]' from a checkout of llmbrick, "
+        "or pip install 'llmbrick[websocket] @ <wheel or git URL>'"
     ) from exc
 
 from .client import ClientStream, WebSocketClient, connect

@@ -1,145 +1,360 @@
-"""The ``llmbrick`` command: ``serve``, ``flows`` and ``call``."""
+"""The ``llmbrick`` command: ``serve``, ``flows`` and ``call``.
+
+A mistake (a port in use, a server that is down, a URL whose scheme does not fit
+the port, an extra that is not installed, an app that fails to import) is one
+line on stderr saying what to do, and a non-zero exit code: 2 for what the
+command line or the app got wrong, 1 for what went wrong at run time. ``--debug``
+adds the traceback. Anything else escaping is a bug of ours and shows its
+traceback as is.
+
+The command imports a transport's adapter only when that transport is used, so it
+works with whichever extras are installed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import importlib
 import json
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
+import traceback
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, NoReturn
 
-from llmbrick import FlowRuntime, as_runtime
+from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, as_runtime
 
-from .client import connect
+from ._transports import TRANSPORTS, installed_transports, require_transport
+from .client import Target, connect, parse_url
 from .demo import demo_pipeline
-from .gateway import TRANSPORTS, Gateway
+from .gateway import Gateway
 from .loader import TargetError, load_target
 
 __all__ = ["main"]
 
+_EXIT_FAILED = 1
 _EXIT_USAGE = 2
+_EXIT_INTERRUPTED = 130
+
+# The adapter a client of each transport imports (see client.connect).
+_CLIENT_ADAPTERS = {
+    "sse": "llmbrick_sse",
+    "websocket": "llmbrick_websocket",
+    "grpc": "llmbrick_grpc",
+}
+
+
+class _Failure(Exception):
+    """A mistake to report as one line (``message``) with exit code ``code``."""
+
+    def __init__(self, message: str, code: int = _EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse says "argument --http-port: ..."; the option name alone reads better.
+        message = message.removeprefix("argument ")
+        self.exit(_EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"LLMBRICK_{name}", default)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 0 to 65535")
     return value
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port: {text}")
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
 
 
 def _transports(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     bad = [name for name in names if name not in TRANSPORTS]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"choose from {','.join(TRANSPORTS)}; got {text!r}")
     return names
 
 
+def _debug_default() -> bool:
+    return _env("DEBUG", "") in ("1", "true", "yes")
+
+
+def _default(name: str, otherwise: str | None = None, example: str = "") -> str:
+    """``(default: X; LLMBRICK_NAME)`` for a help text: the variable's value if set."""
+    shown = "%(default)s" if otherwise is None or _env(name) else otherwise
+    return f"(default: {shown}; LLMBRICK_{name}{example})"
+
+
+_DEBUG = "show the traceback behind an error message " + _default("DEBUG", "off", "=1")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmbrick",
         description="Serve llmbrick flows over SSE, WebSocket and gRPC, and call them.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser(
         "serve",
         help="run the gateway",
-        description="Serve TARGET (default: the built-in demo pipeline) over every transport. "
-        "Each option can also be set as the LLMBRICK_* variable named in its help.",
+        description="Serve TARGET over every installed transport, printing each endpoint's URL "
+        "when ready. Each option can also be set by the LLMBRICK_* variable named in its help; "
+        "the defaults shown include those set that way.",
     )
     serve.add_argument(
         "target",
         nargs="?",
         default=_env("TARGET"),
-        help="path/to/app.py:obj or package.module:obj, obj a Pipeline, Brick, FlowRegistry "
-        "or FlowRuntime (LLMBRICK_TARGET)",
-    )
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="(LLMBRICK_HOST)")
-    serve.add_argument(
-        "--http-port", type=_port, default=_env("HTTP_PORT", "8000"), help="(LLMBRICK_HTTP_PORT)"
+        help="path/to/app.py[:obj] or package.module[:obj], obj a Pipeline, Brick, FlowRegistry, "
+        "FlowRuntime or server object; without :obj, the one such object the module defines "
+        + _default("TARGET", "the built-in demo, a guard and an echo LLM"),
     )
     serve.add_argument(
-        "--grpc-port", type=_port, default=_env("GRPC_PORT", "50051"), help="(LLMBRICK_GRPC_PORT)"
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="the interface every transport listens on " + _default("HOST"),
+    )
+    serve.add_argument(
+        "--http-port",
+        type=_port,
+        default=_env("HTTP_PORT", "8000"),
+        help="SSE and WebSocket port, 0 for a free one " + _default("HTTP_PORT"),
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=_env("GRPC_PORT", "50051"),
+        help="gRPC port, 0 for a free one " + _default("GRPC_PORT"),
     )
     serve.add_argument(
         "--transports",
         type=_transports,
-        default=_env("TRANSPORTS", ",".join(TRANSPORTS)),
-        help="comma-separated subset of sse,websocket,grpc (LLMBRICK_TRANSPORTS)",
+        default=_env("TRANSPORTS"),
+        help="comma-separated subset of sse,websocket,grpc "
+        + _default("TRANSPORTS", "every transport whose extra is installed"),
     )
     serve.add_argument(
         "--max-streams",
-        type=int,
+        type=_count,
         default=_env("MAX_STREAMS"),
-        help="streams at once before RESOURCE_EXHAUSTED (LLMBRICK_MAX_STREAMS)",
+        help="streams at once before RESOURCE_EXHAUSTED "
+        + _default("MAX_STREAMS", "the app's runtime setting, else no limit"),
     )
     serve.add_argument(
         "--timeout",
         type=_positive_float,
         default=_env("TIMEOUT"),
-        help="seconds a stream may run (LLMBRICK_TIMEOUT)",
+        help="seconds a stream may run "
+        + _default("TIMEOUT", "the app's runtime setting, else no limit"),
     )
     serve.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_seconds,
         default=_env("DRAIN_TIMEOUT", "10"),
-        help="seconds running streams get on shutdown (LLMBRICK_DRAIN_TIMEOUT)",
+        help="seconds running streams get on shutdown " + _default("DRAIN_TIMEOUT"),
     )
     serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
-        help="(LLMBRICK_LOG_LEVEL)",
+        help=_default("LOG_LEVEL"),
     )
     serve.add_argument(
         "--debug",
         action="store_true",
-        default=_env("DEBUG", "") in ("1", "true", "yes"),
-        help="send internal error text to clients; never in production (LLMBRICK_DEBUG=1)",
+        default=_debug_default(),
+        help="send internal error text to clients (never in production) and show tracebacks "
+        + _default("DEBUG", "off", "=1"),
     )
 
-    flows = commands.add_parser("flows", help="list a target's flows and request schemas")
-    flows.add_argument("target", nargs="?", default=_env("TARGET"))
+    flows = commands.add_parser(
+        "flows",
+        help="list a target's flows and request schemas",
+        description="List the flows TARGET serves, without serving it.",
+    )
+    flows.add_argument(
+        "target",
+        nargs="?",
+        default=_env("TARGET"),
+        help="as for serve " + _default("TARGET", "the built-in demo"),
+    )
     flows.add_argument("--json", action="store_true", help="print the full JSON description")
+    flows.add_argument("--debug", action="store_true", default=_debug_default(), help=_DEBUG)
 
     call = commands.add_parser(
         "call",
         help="stream a flow from a running gateway",
-        description="URL picks the transport: http://host:port (SSE), ws://host:port/ws "
-        "(WebSocket) or grpc://host:port (gRPC).",
+        description="Run FLOW on a running server and print what it streams: text as it "
+        "arrives, other events (but meta) as JSON lines. The URL picks the transport: "
+        "http://HOST:PORT (SSE), ws://HOST:PORT/ws (WebSocket) or grpc://HOST:PORT (gRPC).",
     )
-    call.add_argument("url")
-    call.add_argument("flow", nargs="?", default="default")
-    call.add_argument("--message", "-m", action="append", default=[], help="a user message")
-    call.add_argument("--request", help="the whole request as JSON (merged under the messages)")
+    call.add_argument("url", help="where the server listens, e.g. http://127.0.0.1:8000")
+    call.add_argument(
+        "flow",
+        nargs="?",
+        help="the flow to run (default: the request's flow field, else 'default')",
+    )
+    call.add_argument(
+        "--message",
+        "-m",
+        action="append",
+        default=[],
+        help="a user message, for chat flows (repeat for several)",
+    )
+    call.add_argument(
+        "--request",
+        help="the request as a JSON object, or @file.json (@- for stdin), for any flow; "
+        "--message replaces its messages",
+    )
     call.add_argument("--events", action="store_true", help="print every event as JSON")
+    call.add_argument("--debug", action="store_true", default=_debug_default(), help=_DEBUG)
     return parser
 
 
+# --- serve and flows ----------------------------------------------------------------------
+
+
 def _load(target: str | None) -> FlowRuntime:
-    return as_runtime(load_target(target) if target else demo_pipeline())
+    # As uvicorn does: `llmbrick serve app:pipeline` finds app.py in the working
+    # directory, also when run as the console script (whose sys.path lacks it).
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return as_runtime(load_target(target) if target else demo_pipeline())
+    except TargetError as exc:
+        raise _Failure(str(exc), _EXIT_USAGE) from exc
+
+
+def _chosen_transports(asked: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The transports to serve: those asked for, each importable, else every installed one."""
+    label = "--transports {}"
+    if asked is None:
+        installed = installed_transports()
+        if installed:
+            return installed
+        # Nothing imports; the SSE adapter's error names the extra most users want.
+        asked, label = ("sse",), "no transport is installed"
+    for transport in asked:
+        try:
+            require_transport(transport)
+        except ImportError as exc:
+            raise _Failure(f"{label.format(transport)}: {exc}", _EXIT_USAGE) from exc
+    return asked
+
+
+def _bind_failure(host: str, port: int, option: str, label: str, exc: OSError) -> _Failure:
+    if isinstance(exc, socket.gaierror):
+        return _Failure(
+            f"--host {host}: no such address ({exc.strerror}): give an address of this "
+            "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
+            _EXIT_USAGE,
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return _Failure(
+            f"port {port} on {host} is in use ({label}): stop what runs there, or pick "
+            f"another port with {option} (0 picks a free one)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return _Failure(
+            f"--host {host} is not an address of this machine: give one that is, e.g. "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
+            _EXIT_USAGE,
+        )
+    return _Failure(f"cannot listen on {host} port {port} ({label}): {exc.strerror or exc}")
+
+
+def _check_port(host: str, port: int, option: str, label: str) -> None:
+    """Fail before serving if ``port`` cannot be bound.
+
+    gRPC's C core logs its own bind failure to stderr before we could word it;
+    binding plain sockets first lets the mistake be one line of ours. gRPC binds
+    every address ``host`` resolves to and needs one of them, so each is tried:
+    any in use is a failure, and so is none bindable.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = {
+            (family, address[:2])
+            for family, *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        }
+    except OSError as exc:
+        raise _bind_failure(host, port, option, label, exc) from exc
+    problems: list[OSError] = []
+    for family, address in sorted(addresses, key=str):
+        try:
+            with socket.create_server(address, family=family):
+                pass
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _bind_failure(host, port, option, label, exc) from exc
+            problems.append(exc)
+    if len(problems) == len(addresses):
+        raise _bind_failure(host, port, option, label, problems[0]) from problems[0]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    runtime = _load(args.target)
+    transports = _chosen_transports(args.transports)
+    http = "sse" in transports or "websocket" in transports
+    grpc = "grpc" in transports
+    host, http_port, grpc_port = args.host, int(args.http_port), int(args.grpc_port)
+    if http and grpc and http_port == grpc_port != 0:
+        raise _Failure(
+            f"--http-port and --grpc-port are both {http_port}: give them different ports",
+            _EXIT_USAGE,
+        )
+    runtime = _load(args.target)  # the app's own mistakes first, as uvicorn reports them
+    if http:
+        _check_port(host, http_port, "--http-port", "HTTP: SSE and WebSocket")
+    if grpc:
+        _check_port(host, grpc_port, "--grpc-port", "gRPC")
     if args.max_streams is not None:
-        if int(args.max_streams) < 1:
-            raise TargetError("--max-streams must be at least 1")
         runtime.max_streams = int(args.max_streams)
     if args.timeout is not None:
         runtime.timeout = float(args.timeout)
@@ -150,14 +365,25 @@ def _serve(args: argparse.Namespace) -> int:
     )
     gateway = Gateway(
         runtime,
-        host=args.host,
-        http_port=int(args.http_port),
-        grpc_port=int(args.grpc_port),
-        transports=args.transports,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        transports=transports,
         drain_timeout=float(args.drain_timeout),
         log_level=args.log_level,
     )
-    gateway.run()
+    try:
+        gateway.run()
+    # Only when another process took a port between _check_port and the bind.
+    except OSError as exc:
+        raise _bind_failure(host, http_port, "--http-port", "HTTP: SSE and WebSocket", exc) from exc
+    except RuntimeError as exc:
+        if not str(exc).startswith("cannot bind"):
+            raise
+        raise _Failure(
+            f"port {grpc_port} on {host} is in use or cannot be bound (gRPC): pick another "
+            "port with --grpc-port (0 picks a free one)"
+        ) from exc
     return 0
 
 
@@ -174,46 +400,213 @@ def _flows(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _call(args: argparse.Namespace) -> int:
-    try:
-        request: dict[str, Any] = json.loads(args.request) if args.request else {}
-    except ValueError as exc:
-        raise TargetError(f"--request is not JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise TargetError("--request must be a JSON object")
+# --- call ---------------------------------------------------------------------------------
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if args.request is not None:
+        text, source = args.request, "--request"
+        if text.startswith("@"):
+            source = f"--request {text}"
+            try:
+                text = sys.stdin.read() if text == "@-" else Path(text[1:]).read_text()
+            except OSError as exc:
+                raise _Failure(f"{source}: cannot read it ({exc.strerror})", _EXIT_USAGE) from exc
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise _Failure(
+                f"{source} is not JSON ({exc}): give an object, e.g. "
+                """--request '{"numbers": [1, 2]}'""",
+                _EXIT_USAGE,
+            ) from exc
+        if not isinstance(parsed, dict):
+            raise _Failure(f"{source} must be a JSON object, not {text.strip()[:40]}", _EXIT_USAGE)
+        request = parsed
+    elif not args.message:
+        raise _Failure(
+            "give --message TEXT (a chat flow) or --request JSON (any flow's request)",
+            _EXIT_USAGE,
+        )
     if args.message:
         request["messages"] = [{"role": "user", "content": text} for text in args.message]
-    elif "messages" not in request:
-        raise TargetError("give --message TEXT (or --request with messages)")
-    async with connect(args.url) as client:
-        async for event in client.stream(args.flow, request):
-            if args.events:
-                print(json.dumps(event), flush=True)
-            elif event["type"] == "text":
-                print(event.get("text", ""), end="", flush=True)
-            if event["type"] == "error":
-                error = event["error"]
-                print(f"\nerror {error['code']}: {error['message']}", file=sys.stderr)
-                return 1
-    if not args.events:
-        print()
+    return request
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _unreachable(exc: BaseException, target: Target, received: int) -> _Failure | None:
+    """Word a failure to reach the server (or to stay connected); ``None``: not one."""
+    address = target.address
+    chain = _causes(exc)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or (
+        isinstance(exc, LLMBrickError) and "Connection refused" in str(exc)
+    ):
+        return _Failure(
+            f"nothing is listening at {address}: start the server (llmbrick serve) or check "
+            "the host and port in the URL"
+        )
+    if any(isinstance(e, socket.gaierror) for e in chain) or (
+        isinstance(exc, LLMBrickError) and "errors resolving" in str(exc)
+    ):
+        return _Failure(f"cannot find the host of {address}: check the URL")
+    if received:
+        return _Failure(f"the connection to {address} broke before the stream ended: {exc}")
+    if target.transport == "grpc":
+        if isinstance(exc, LLMBrickError) and ("http1.x" in str(exc) or "HTTP/2" in str(exc)):
+            return _Failure(
+                f"{address} is an HTTP/1.1 server, not gRPC: use http://{address} (SSE) "
+                f"or ws://{address}/ws (WebSocket)"
+            )
+        if isinstance(exc, LLMBrickError):
+            return _Failure(f"cannot call {address} over gRPC: {exc.code}: {exc}")
+        return None
+    wrong_protocol = _wrong_protocol(exc, target)
+    if wrong_protocol is not None:
+        return wrong_protocol
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return _Failure(f"{address} did not answer in time: check the URL and the server")
+    if isinstance(exc, LLMBrickError | OSError):
+        return _Failure(f"cannot call {address}: {exc}")
+    return None
+
+
+def _wrong_protocol(exc: BaseException, target: Target) -> _Failure | None:
+    """The server answered, but not in the URL's protocol: the scheme or path is wrong."""
+    grpc_hint = f"if {target.address} is a gRPC port, use grpc://{target.address}"
+    if target.transport == "sse":
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return _Failure(f"{target.address} did not answer in time: check the URL and server")
+        if isinstance(exc, httpx.HTTPError):
+            return _Failure(
+                f"{target.address} did not answer as an HTTP/1.1 server ({exc}): {grpc_hint}"
+            )
+        return None
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return _Failure(
+            f"{target.scheme}://{target.address}{target.path} refused the WebSocket handshake "
+            f"(HTTP {status}): the gateway's WebSocket URL is {target.scheme}://"
+            f"{target.address}/ws"
+        )
+    if isinstance(exc, InvalidHandshake):
+        return _Failure(
+            f"{target.address} did not answer as a WebSocket server ({exc}): {grpc_hint}"
+        )
+    return None
+
+
+class _Printer:
+    """Prints a stream as ``call`` shows it, and counts what arrived."""
+
+    def __init__(self, every_event: bool) -> None:
+        self.every_event = every_event
+        self.received = 0
+        self._mid_line = False  # stdout holds text without its line end
+
+    def show(self, event: Event) -> None:
+        """Print one event: text inline, other events (but meta) as JSON lines."""
+        self.received += 1
+        kind = event["type"]
+        if self.every_event:
+            print(json.dumps(event), flush=True)
+        elif kind == "text":
+            text = str(event.get("text", ""))
+            print(text, end="", flush=True)
+            self._mid_line = self._mid_line if not text else not text.endswith("\n")
+        elif kind not in ("meta", "done", "error"):
+            self.end_line()
+            print(json.dumps(event), flush=True)
+
+    def end_line(self) -> None:
+        """End a line of text left open, so what follows starts on its own line."""
+        if self._mid_line:
+            print(flush=True)
+            self._mid_line = False
+
+
+def _path_hint(target: Target, error: ErrorInfo) -> str:
+    """A hint when an HTTP URL's path, not the flow, is what the server did not know.
+
+    The web framework answers an unknown path or method with the bare HTTP reason
+    phrase, which llmbrick's own errors never are.
+    """
+    bare = error["message"] in (HTTPStatus.NOT_FOUND.phrase, HTTPStatus.METHOD_NOT_ALLOWED.phrase)
+    if target.transport != "sse" or not bare:
+        return ""
+    return (
+        f" ({target.path} is not an SSE endpoint: the gateway's is /chat/completions; "
+        f"for WebSocket use ws://{target.address}/ws)"
+    )
+
+
+async def _call(args: argparse.Namespace) -> int:
+    try:
+        target = parse_url(args.url)
+    except ValueError as exc:
+        raise _Failure(str(exc), _EXIT_USAGE) from exc
+    request = _request(args)
+    flow = args.flow or str(request.pop("flow", None) or "default")
+    try:
+        importlib.import_module(_CLIENT_ADAPTERS[target.transport])
+    except ImportError as exc:
+        raise _Failure(f"calling {target.scheme}:// URLs: {exc}", _EXIT_USAGE) from exc
+    printer = _Printer(args.events)
+    try:
+        async with connect(args.url) as client:
+            async for event in client.stream(flow, request):
+                printer.show(event)
+                if event["type"] == "error":
+                    printer.end_line()
+                    error = event["error"]
+                    hint = _path_hint(target, error)
+                    print(f"error {error['code']}: {error['message']}{hint}", file=sys.stderr)
+                    return _EXIT_FAILED
+    except Exception as exc:
+        printer.end_line()
+        failure = _unreachable(exc, target, printer.received)
+        if failure is None:
+            raise
+        raise failure from exc
+    printer.end_line()
     return 0
 
 
+# --- main ---------------------------------------------------------------------------------
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve,
+    "flows": _flows,
+    "call": lambda args: asyncio.run(_call(args)),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for a bad target or usage)."""
+    """Run the command line; returns the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "flows":
-            return _flows(args)
-        return asyncio.run(_call(args))
-    except (TargetError, ValueError) as exc:
-        print(f"llmbrick: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
-    except OSError as exc:
-        print(f"llmbrick: {exc}", file=sys.stderr)
-        return 1
+        return _COMMANDS[args.command](args)
+    except _Failure as failure:
+        if args.debug:
+            traceback.print_exception(failure.__cause__ or failure)
+        print(f"llmbrick: {failure}", file=sys.stderr)
+        return failure.code
     except KeyboardInterrupt:
-        return 130
+        return _EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`llmbrick call ... | head -1`): stop quietly, and keep
+        # Python from complaining about flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _EXIT_FAILED

@@ -10,29 +10,36 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
-
-import uvicorn
-from litestar import Litestar, Router
-from litestar.exceptions import HTTPException
+from typing import TYPE_CHECKING, Any, TextIO
 
 from llmbrick import FlowRuntime, as_runtime
-from llmbrick_grpc import GrpcServer
-from llmbrick_sse import create_meta_router, create_router, http_error_handler
-from llmbrick_websocket import WebSocketServer
+
+from ._transports import TRANSPORTS, require_transport
+
+# The adapters and their libraries are imported only for the transports served, so
+# an installation with one extra runs that transport (see _transports).
+if TYPE_CHECKING:
+    import uvicorn
+    from litestar import Litestar, Router
+
+    from llmbrick_grpc import GrpcServer
+    from llmbrick_websocket import WebSocketServer
 
 __all__ = ["TRANSPORTS", "Gateway"]
 
-TRANSPORTS = ("sse", "websocket", "grpc")
 _log = logging.getLogger("llmbrick.gateway")
 
 
-class _HTTPServer(uvicorn.Server):
+def _http_server(config: uvicorn.Config) -> uvicorn.Server:
     """uvicorn without its own signal handling: the gateway drains before it stops."""
+    import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    class _HTTPServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return _HTTPServer(config)
 
 
 class Gateway:
@@ -51,6 +58,9 @@ class Gateway:
             ``WebSocketServer`` and ``GrpcServer``.
         routes: more Litestar route handlers for the HTTP app (a page, an admin view).
         out: where the endpoint URLs are printed on start (``None``: nowhere).
+
+    Raises:
+        ImportError: a transport's extra is not installed (the message names it).
     """
 
     def __init__(
@@ -78,6 +88,8 @@ class Gateway:
             )
         if drain_timeout < 0:
             raise ValueError(f"drain_timeout must be >= 0, got {drain_timeout!r}")
+        for name in chosen:
+            require_transport(name)  # ImportError naming the missing extra
         self.runtime: FlowRuntime = as_runtime(target)
         self.host = host
         self.http_port = http_port
@@ -91,26 +103,37 @@ class Gateway:
         self._stop_requested: asyncio.Event | None = None
         self._forced = False
 
-        handlers: list[Any] = [create_meta_router(self.runtime), *routes]
         self._uvicorn: dict[str, Any] = {}
         self.sse: Router | None = None
         self.websocket: WebSocketServer | None = None
-        if "sse" in chosen:
-            self.sse = create_router(self.runtime, **(sse or {}))
-            handlers.append(self.sse)
-        if "websocket" in chosen:
-            self.websocket = WebSocketServer(self.runtime, **(websocket or {}))
-            handlers.append(self.websocket.router)
-            self._uvicorn.update(self.websocket.uvicorn_options())
         self.app: Litestar | None = None
-        if self.sse or self.websocket:
+        if "sse" in chosen or "websocket" in chosen:
+            from litestar import Litestar
+            from litestar.exceptions import HTTPException
+
+            from llmbrick_sse import create_meta_router, create_router, http_error_handler
+
+            handlers: list[Any] = [create_meta_router(self.runtime), *routes]
+            if "sse" in chosen:
+                self.sse = create_router(self.runtime, **(sse or {}))
+                handlers.append(self.sse)
+            if "websocket" in chosen:
+                from llmbrick_websocket import WebSocketServer
+
+                self.websocket = WebSocketServer(self.runtime, **(websocket or {}))
+                handlers.append(self.websocket.router)
+                self._uvicorn.update(self.websocket.uvicorn_options())
             self.app = Litestar(
                 route_handlers=handlers,
                 openapi_config=None,
                 logging_config=None,
                 exception_handlers={HTTPException: http_error_handler},
             )
-        self.grpc = GrpcServer(self.runtime, **(grpc or {})) if "grpc" in chosen else None
+        self.grpc: GrpcServer | None = None
+        if "grpc" in chosen:
+            from llmbrick_grpc import GrpcServer
+
+            self.grpc = GrpcServer(self.runtime, **(grpc or {}))
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, on uvloop when it is installed."""
@@ -131,13 +154,15 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         signals = _install_signal_handlers(loop, self._on_signal)
-        http: _HTTPServer | None = None
+        http: uvicorn.Server | None = None
         http_task: asyncio.Task[None] | None = None
         try:
             if self.app is not None:
                 sock = socket.create_server((self.host, self.http_port), backlog=4096)
                 port = sock.getsockname()[1]
-                http = _HTTPServer(
+                import uvicorn
+
+                http = _http_server(
                     uvicorn.Config(
                         self.app,
                         log_level=self.log_level,

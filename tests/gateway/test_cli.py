@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
+import re
 import textwrap
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from llmbrick_gateway import connect
+from tests.gateway.cli_support import gateway, run
 from tests.support import TIMEOUT
-
-ROOT = Path(__file__).resolve().parents[2]
-COMMAND = [sys.executable, "-m", "llmbrick_gateway"]
 
 SLOW_APP = textwrap.dedent(
     """
@@ -36,61 +31,6 @@ SLOW_APP = textwrap.dedent(
 )
 
 
-class Gateway:
-    """A gateway subprocess and the endpoint URLs it printed."""
-
-    def __init__(self, process: asyncio.subprocess.Process, urls: dict[str, str]) -> None:
-        self.process = process
-        self.urls = urls
-
-    async def stop(self) -> tuple[int, str]:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.stderr is not None
-        _, stderr = await asyncio.wait_for(self.process.communicate(), TIMEOUT)
-        return self.process.returncode or 0, stderr.decode()
-
-
-@asynccontextmanager
-async def gateway(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
-    process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        "serve",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "LLMBRICK_HTTP_PORT": "0", "LLMBRICK_GRPC_PORT": "0", **(env or {})},
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    urls: dict[str, str] = {}
-    try:
-        while True:
-            line = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT)).decode()
-            assert line, "the gateway exited before it was ready"
-            if line.startswith("Press Ctrl+C"):
-                break
-            parts = line.split()
-            if len(parts) == 2:
-                urls[parts[0]] = parts[1]
-        yield Gateway(process, urls)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_serve_the_demo_and_call_it_over_every_transport() -> None:
     async with gateway() as served:
         assert set(served.urls) == {"SSE", "WebSocket", "gRPC", "flows", "health"}
@@ -105,7 +45,7 @@ async def test_serve_the_demo_and_call_it_over_every_transport() -> None:
         assert out.splitlines()[-1] == '{"type": "done", "id": "4", "progress": "DONE"}'
         returncode, stderr = await served.stop()
     assert returncode == 0
-    assert "stream end id=s1 flow=default transport=sse outcome=done" in stderr
+    assert re.search(r"stream end id=\S+ flow=default transport=sse .*outcome=ok", stderr)
     assert "hello there" not in stderr  # no prompt text in the logs at INFO
 
 
@@ -197,22 +137,19 @@ async def test_flows_lists_a_targets_flows() -> None:
 
 
 async def test_target_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.py"
-    broken.write_text("import no_such_module_anywhere\n")
     wrong = tmp_path / "wrong.py"
     wrong.write_text("pipeline = 42\n")
     cases = [
         (["serve", "missing.py"], "llmbrick: no such file: missing.py"),
         (["serve", "no_such_package.mod:obj"], "llmbrick: cannot import 'no_such_package.mod'"),
-        (["serve", str(broken)], "ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
         (["serve", f"{wrong}:pipeline"], "is a int; expected a Pipeline, a Brick"),
         (["serve", f"{wrong}:other"], "has no attribute 'other'"),
-        (["flows", "llmbrick"], "defines none of pipeline, runtime, registry, brick, server"),
-        (["call", "ftp://x", "-m", "x"], "use http://, ws:// or grpc://"),
-        (["call", "http://127.0.0.1:1"], "give --message TEXT"),
+        (["flows", "llmbrick"], "llmbrick defines nothing to serve: no Pipeline, Brick,"),
+        (["call", "ftp://x", "-m", "x"], "use http://HOST:PORT (SSE), ws://HOST:PORT/ws"),
+        (["call", "http://127.0.0.1:1"], "give --message TEXT (a chat flow) or --request JSON"),
     ]
     for args, message in cases:
-        code, _, err = await run(*args)
+        code, _, err = await run(*args, env={"LLMBRICK_HTTP_PORT": "0", "LLMBRICK_GRPC_PORT": "0"})
         assert code == 2, (args, err)
         assert message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
