@@ -114,6 +114,7 @@ async def add_services(
     reflection_service: bool = True,
     max_batch: int = 64,
     max_batch_bytes: int = 1 << 20,
+    max_message_bytes: int | None = None,
 ) -> Any:
     """Add ``FlowService``, ``BrickService``, health and reflection to a ``grpc.aio`` server.
 
@@ -127,7 +128,8 @@ async def add_services(
         bricks: bricks for ``BrickService`` by name (the mapping may grow later).
         health_checks: add ``grpc.health.v1.Health`` with every service SERVING.
         reflection_service: add server reflection, so stock tools need no .proto.
-        max_batch, max_batch_bytes: as :func:`~llmbrick_grpc.create_servicer`.
+        max_batch, max_batch_bytes, max_message_bytes: as
+            :func:`~llmbrick_grpc.create_servicer`.
 
     Returns:
         The health servicer (``grpc_health.v1.health.aio.HealthServicer``) or ``None``.
@@ -135,7 +137,12 @@ async def add_services(
     register_servicer(
         server,
         _FLOW_DESCRIPTOR,
-        create_servicer(runtime, max_batch=max_batch, max_batch_bytes=max_batch_bytes),
+        create_servicer(
+            runtime,
+            max_batch=max_batch,
+            max_batch_bytes=max_batch_bytes,
+            max_message_bytes=max_message_bytes,
+        ),
     )
     register_servicer(
         server,
@@ -145,6 +152,7 @@ async def add_services(
             max_batch=max_batch,
             debug=runtime.debug,
             logger=runtime.logger,
+            max_message_bytes=max_message_bytes,
         ),
     )
     names = [FLOW_SERVICE, BRICK_SERVICE]
@@ -291,6 +299,7 @@ class GrpcServer:
             reflection_service=self.reflection_service,
             max_batch=self.max_batch,
             max_batch_bytes=self.max_message_bytes // 2,
+            max_message_bytes=self.max_message_bytes,
         )
         address = _address(host, port)
         try:

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import grpc
 import orjson
+from google.protobuf.message import Message
 
 from llmbrick import (
     Brick,
@@ -55,6 +56,23 @@ async def _write(context: _Context, message: Any) -> None:
         raise asyncio.CancelledError from exc
 
 
+class _TooLarge(Exception):
+    """A response message larger than the server may send (the C core would fail the call)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a response of {size} bytes exceeds the gRPC message limit ({limit})")
+
+
+def _check_size(response: Message, limit: int | None) -> None:
+    # Checked here because the C core, given a message over grpc.max_send_message_length,
+    # fails the call with RESOURCE_EXHAUSTED ("Sent message larger than max"): a status that
+    # tells clients to retry later, and a failed write that looks like the client leaving.
+    if limit is not None:
+        size = response.ByteSize()
+        if size > limit:
+            raise _TooLarge(size, limit)
+
+
 async def _abort_internal(context: _Context, logger: logging.Logger, what: str) -> NoReturn:
     logger.exception("gRPC %s failed", what)
     await _abort(context, {"code": ErrorCode.INTERNAL.value, "message": _ADAPTER_BUG})
@@ -63,10 +81,18 @@ async def _abort_internal(context: _Context, logger: logging.Logger, what: str) 
 class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
     """``llmbrick.v1.FlowService`` for one runtime; see :func:`create_servicer`."""
 
-    def __init__(self, runtime: FlowRuntime, *, max_batch: int, max_batch_bytes: int) -> None:
+    def __init__(
+        self,
+        runtime: FlowRuntime,
+        *,
+        max_batch: int,
+        max_batch_bytes: int,
+        max_message_bytes: int | None = None,
+    ) -> None:
         self.runtime = runtime
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        self.max_message_bytes = max_message_bytes
 
     async def _start(self, request: flow_pb2.StreamRequest, context: _Context) -> FlowStream:
         try:
@@ -100,6 +126,8 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
                     break
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
+        except _TooLarge as exc:
+            await self._too_large(context, stream, exc)
         except Exception:
             await _abort_internal(context, self.runtime.logger, "Stream")
         finally:
@@ -107,21 +135,32 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         if last is not None and last["type"] == "error":
             await _abort(context, last["error"])
 
+    async def _too_large(self, context: _Context, stream: FlowStream, exc: _TooLarge) -> NoReturn:
+        name = stream.spec.name
+        self.runtime.logger.error("gRPC stream %s of flow %r ended: %s", stream.id, name, exc)
+        message = f"internal error in flow {name!r} (stream {stream.id}); see server log"
+        await _abort(context, {"code": ErrorCode.INTERNAL.value, "message": message})
+
     async def _send(self, context: _Context, batch: list[Any]) -> None:
         budget = self.max_batch_bytes
         response = flow_pb2.StreamResponse()
         events = response.events
         size = 0
         for event in batch:
-            message = encode_event(event, events.add())
-            size += message.ByteSize()
-            if size > budget and len(events) > 1:
+            grown = size + encode_event(event, events.add()).ByteSize()
+            if grown > budget and len(events) > 1:
                 # Too big for one message: send what came before and start a new one with it.
                 del events[-1]
-                await _write(context, response)
+                await self._flush(context, response, size)
                 response = flow_pb2.StreamResponse()
                 events = response.events
-                size = encode_event(event, events.add()).ByteSize()
+                grown = encode_event(event, events.add()).ByteSize()
+            size = grown
+        await self._flush(context, response, size)
+
+    async def _flush(self, context: _Context, response: flow_pb2.StreamResponse, size: int) -> None:
+        if size > self.max_batch_bytes:  # one event alone, of any size
+            _check_size(response, self.max_message_bytes)
         await _write(context, response)
 
     async def Invoke(
@@ -137,9 +176,12 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
                 add = response.events.add
                 for event in result["events"]:
                     encode_event(event, add())
+                _check_size(response, self.max_message_bytes)
                 return response
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
+        except _TooLarge as exc:
+            await self._too_large(context, stream, exc)
         except Exception:
             await _abort_internal(context, self.runtime.logger, "Invoke")
         finally:
@@ -167,11 +209,13 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
         max_batch: int,
         debug: bool,
         logger: logging.Logger,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.bricks = bricks
         self.max_batch = max_batch
         self.debug = debug
         self.logger = logger
+        self.max_message_bytes = max_message_bytes
 
     def _find(self, name: str) -> Brick[Any, Any]:
         if not name and len(self.bricks) == 1:
@@ -241,7 +285,9 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
                     code=ErrorCode.FAILED_PRECONDITION,
                 )
             output = await brick.run(self._input(brick, request.input_json))
-            return brick_pb2.BrickResponse(output_json=output.model_dump_json())
+            response = brick_pb2.BrickResponse(output_json=output.model_dump_json())
+            _check_size(response, self.max_message_bytes)
+            return response
         except Exception as exc:
             await self._fail(context, exc, request.name)
 
@@ -259,6 +305,7 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
             while batch := await pump.take():
                 response = brick_pb2.BrickStreamResponse()
                 response.outputs_json.extend(output.model_dump_json() for output in batch)
+                _check_size(response, self.max_message_bytes)
                 await _write(context, response)
         except Exception as exc:
             await self._fail(context, exc, brick.name)
@@ -267,7 +314,11 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
 
 
 def create_servicer(
-    runtime: FlowRuntime, *, max_batch: int = 64, max_batch_bytes: int = 1 << 20
+    runtime: FlowRuntime,
+    *,
+    max_batch: int = 64,
+    max_batch_bytes: int = 1 << 20,
+    max_message_bytes: int | None = None,
 ) -> FlowServicer:
     """The ``FlowService`` servicer for ``runtime``, to add to any ``grpc.aio`` server.
 
@@ -276,8 +327,16 @@ def create_servicer(
         max_batch: events one response may carry (also the per-stream buffer).
         max_batch_bytes: encoded bytes after which a response is sent and a new one
             begun; keep it under the clients' maximum receive size.
+        max_message_bytes: the server's ``grpc.max_send_message_length``: a response
+            over it (one huge event) ends the call with INTERNAL and an ERROR line
+            naming the flow, instead of gRPC's RESOURCE_EXHAUSTED. ``None``: unchecked.
     """
-    return FlowServicer(runtime, max_batch=max_batch, max_batch_bytes=max_batch_bytes)
+    return FlowServicer(
+        runtime,
+        max_batch=max_batch,
+        max_batch_bytes=max_batch_bytes,
+        max_message_bytes=max_message_bytes,
+    )
 
 
 def create_brick_servicer(
@@ -286,6 +345,7 @@ def create_brick_servicer(
     max_batch: int = 64,
     debug: bool = False,
     logger: logging.Logger | None = None,
+    max_message_bytes: int | None = None,
 ) -> BrickServicer:
     """The ``BrickService`` servicer for ``bricks`` (name -> brick; may grow later).
 
@@ -294,7 +354,12 @@ def create_brick_servicer(
         max_batch: outputs one response may carry.
         debug: send internal exception text to clients (never in production).
         logger: where brick crashes go.
+        max_message_bytes: as :func:`create_servicer`; a response over it is a crash.
     """
     return BrickServicer(
-        bricks, max_batch=max_batch, debug=debug, logger=logger or logging.getLogger("llmbrick")
+        bricks,
+        max_batch=max_batch,
+        debug=debug,
+        logger=logger or logging.getLogger("llmbrick"),
+        max_message_bytes=max_message_bytes,
     )

@@ -397,6 +397,39 @@ async def test_a_write_failing_because_the_client_left_is_a_cancel(
     assert any("RPC cancelled" in r.getMessage() for r in caplog.records)
 
 
+# -- an event larger than a gRPC message may be -----------------------------------------
+
+
+async def test_an_event_over_the_message_limit_is_internal_not_resource_exhausted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gRPC itself would answer RESOURCE_EXHAUSTED (retry later!) and fail the write."""
+    registry = FlowRegistry()
+
+    @registry.flow("huge")
+    async def huge(request: ChatRequest) -> AsyncIterator[Event]:
+        yield {"type": "text", "text": "small"}
+        await asyncio.sleep(0)  # the small event leaves in its own message
+        yield {"type": "text", "text": "x" * 70_000}
+
+    async with running(GrpcServer(registry, max_message_bytes=64 * 1024)) as address:
+        channel = open_channel(address, options=[("grpc.max_receive_message_length", 1 << 20)])
+        try:
+            with caplog.at_level(logging.INFO):
+                outcome = await stream_outcome(channel, chat("x", flow="huge"))
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await flow_pb2_grpc.FlowServiceStub(channel).Invoke(
+                        encode_request(chat("x", flow="huge")), timeout=TIMEOUT
+                    )
+        finally:
+            await channel.close()
+    assert (outcome.status, outcome.events) == (grpc.StatusCode.INTERNAL, 1)
+    assert outcome.details.startswith("internal error in flow 'huge'")
+    assert caught.value.code() is grpc.StatusCode.INTERNAL
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("exceeds the gRPC message limit (65536)" in e for e in errors)
+
+
 # -- the retry delay where gRPC clients look ----------------------------------------------
 
 
