@@ -32,10 +32,19 @@ class Message(WireModel):
     An assistant message may carry ``tool_calls`` (OpenAI-shaped dicts: ``id``,
     ``type``, ``function`` with ``name`` and ``arguments``) and then needs no
     ``content``; a ``tool`` message answers one of them through ``tool_call_id``.
+
+    ``parts`` keeps a message's content as an OpenAI client sent it (a list of
+    ``{"type": "text" | "image_url" | "input_audio" | "file", ...}`` parts) when it
+    holds more than text; ``content`` then has the text parts joined. Only flows that
+    declare the matching capability (``"images"``, ``"audio"``, ``"files"``) get such
+    messages: the OpenAI route refuses them for other flows, so a flow that reads
+    only ``content`` never misses a picture silently. OpenAI's ``developer`` role
+    arrives as ``system``, which every model server understands.
     """
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
+    parts: list[dict[str, Any]] | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -52,7 +61,15 @@ class Message(WireModel):
 
 
 class ChatRequest(WireModel):
-    """The default request of every flow."""
+    """The default request of every flow.
+
+    ``options`` holds the API options a flow may honour and llmbrick has no field
+    for, under their OpenAI names (``presence_penalty``, ``logit_bias``,
+    ``reasoning_effort``, ``parallel_tool_calls``, ``service_tier``, ...): the
+    OpenAI route puts every such field of a Chat Completions request there, and
+    other clients may send it too. Nothing in llmbrick acts on it; a flow reads
+    what it supports and ignores the rest, as a model server would.
+    """
 
     flow: str = "default"
     model: str | None = None
@@ -71,3 +88,4 @@ class ChatRequest(WireModel):
     user: str | None = None
     source_language: str | None = None
     metadata: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
