@@ -17,12 +17,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .client import SSEClient
 from .codec import SSECodec, encode_event, error_body, status_for, status_for_error
 from .endpoint import StreamEndpoint
+from .openai import OpenAICodec, create_openai_router
 from .server import SSEServer, create_meta_router, create_router, http_error_handler
 from .wire import FrameWriter, HttpCodec, Opening, Rejected
 
 __all__ = [
     "FrameWriter",
     "HttpCodec",
+    "OpenAICodec",
     "Opening",
     "Rejected",
     "SSEClient",
@@ -30,6 +32,7 @@ __all__ = [
     "SSEServer",
     "StreamEndpoint",
     "create_meta_router",
+    "create_openai_router",
     "create_router",
     "encode_event",
     "error_body",

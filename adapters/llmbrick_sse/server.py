@@ -8,6 +8,9 @@ from typing import Any, TypeVar
 from litestar import Request, Response, Router, get
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
+
+from llmbrick import FlowRuntime, LLMBrickError, as_runtime
+from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
 from llmbrick_http import (
     HttpSettings,
     build_app,
@@ -17,11 +20,9 @@ from llmbrick_http import (
     uvicorn_config,
 )
 
-from llmbrick import FlowRuntime, LLMBrickError, as_runtime
-from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
-
 from .codec import SSECodec, status_for_error
 from .endpoint import StreamEndpoint
+from .openai import create_openai_router
 from .wire import HttpCodec
 
 __all__ = ["SSEServer", "create_meta_router", "create_router", "http_error_handler"]
@@ -114,6 +115,8 @@ class SSEServer:
             (see :func:`llmbrick.as_runtime`); a pipeline becomes the flow ``default``.
         prefix, path, max_body_size, ping_interval, max_buffer_bytes: as :func:`create_router`.
         http: limits, allowed hosts, CORS origins and TLS for the HTTP port.
+        openai: also serve the OpenAI API under ``{prefix}/v1`` (see
+            :func:`~llmbrick_sse.create_openai_router`), with the same limits.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class SSEServer:
         ping_interval: float = 15.0,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         http: HttpSettings | None = None,
+        openai: bool = True,
     ) -> None:
         self.runtime = as_runtime(target)
         self.http = http or HttpSettings()
@@ -138,8 +142,21 @@ class SSEServer:
             max_buffer_bytes=max_buffer_bytes,
             settings=self.http,
         )
+        routers = [self.router, create_meta_router(self.runtime, prefix=prefix)]
+        #: The OpenAI API's router, when served.
+        self.openai: Router | None = None
+        if openai:
+            self.openai = create_openai_router(
+                self.runtime,
+                prefix=f"{prefix}/v1",
+                max_body_size=max_body_size,
+                ping_interval=ping_interval,
+                max_buffer_bytes=max_buffer_bytes,
+                settings=self.http,
+            )
+            routers.append(self.openai)
         self.app = build_app(
-            [self.router, create_meta_router(self.runtime, prefix=prefix)],
+            routers,
             self.http,
             on_shutdown=[self.runtime.aclose],
         )
