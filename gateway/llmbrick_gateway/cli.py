@@ -279,7 +279,7 @@ def _chosen_transports(asked: tuple[str, ...] | None) -> tuple[str, ...]:
         if installed:
             return installed
         # Nothing imports; the SSE adapter's error names the extra most users want.
-        asked, label = ("sse",), "no transport is installed"
+        asked, label = ("sse",), "no transport can be served with the extras installed"
     for transport in asked:
         try:
             require_transport(transport)

@@ -85,9 +85,9 @@ def test_without_any_transport_help_and_flows_work_and_serve_says_what_to_instal
     assert done.returncode == 0 and done.stdout.startswith("default: Demo"), done.stderr
     done = command(EVERY_TRANSPORT_LIBRARY, "serve")
     assert done.returncode == 2
-    assert (
-        done.stderr
-        == f"llmbrick: no transport is installed: {hint('llmbrick_sse', 'sse', 'httpx')}\n"
+    assert done.stderr == (
+        "llmbrick: no transport can be served with the extras installed: "
+        f"{hint('llmbrick_sse', 'sse', 'httpx')}\n"
     )
     done = command(EVERY_TRANSPORT_LIBRARY, "call", "http://127.0.0.1:8000", "-m", "hi")
     assert done.returncode == 2
