@@ -74,13 +74,17 @@ from .events import (
 from .observe import RuntimeObserver, StreamResult
 from .registry import FlowHandler, FlowRegistry, FlowSpec
 from .requests import ChatRequest, Message, WireModel
-from .runtime import FAIR_SLICE, FlowRuntime, FlowStream, InvokeResult, collect_events
+from .runtime import DISCONNECT_HEADER, FlowRuntime
 from .serving import as_runtime
+from .store import POLICIES, MemoryStore, StreamLog, StreamRecord, StreamStore, event_size
+from .stream import FAIR_SLICE, FlowStream, InvokeResult, ResumedStream, collect_events
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DISCONNECT_HEADER",
     "FAIR_SLICE",
+    "POLICIES",
     "TERMINAL_TYPES",
     "ApiKeyAuth",
     "Authenticator",
@@ -122,6 +126,7 @@ __all__ = [
     "LLMBrick",
     "LLMBrickError",
     "LLMRequest",
+    "MemoryStore",
     "Message",
     "OpenAILLM",
     "Overloaded",
@@ -132,11 +137,15 @@ __all__ = [
     "Progress",
     "RectifyBrick",
     "RequestContext",
+    "ResumedStream",
     "RetrievalBrick",
     "RetrievalRequest",
     "RetrievalResponse",
     "RuntimeObserver",
+    "StreamLog",
+    "StreamRecord",
     "StreamResult",
+    "StreamStore",
     "TextChunk",
     "TextInput",
     "TranslateBrick",
@@ -151,6 +160,7 @@ __all__ = [
     "done_event",
     "error_event",
     "event_problem",
+    "event_size",
     "extract_text",
     "hash_key",
     "meta_event",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .context import RequestContext
     from .errors import LLMBrickError
     from .events import Event
-    from .runtime import FlowStream
+    from .stream import FlowStream
 
 __all__ = ["RuntimeObserver", "StreamResult"]
 

@@ -14,6 +14,7 @@ from .bricks import Brick, Pipeline
 from .errors import DuplicateFlow, FlowNotFound
 from .events import Event
 from .requests import ChatRequest
+from .store import POLICIES
 
 __all__ = ["FlowHandler", "FlowRegistry", "FlowSpec"]
 
@@ -39,6 +40,13 @@ class FlowSpec:
         aliases: other names that reach it (an OpenAI client's ``model`` names, say).
         capabilities: what the flow can honour beyond text chat, as free-form
             names adapters check (e.g. ``"images"``, ``"logprobs"``).
+        on_disconnect: what happens to the flow when its last client goes away
+            while a store keeps streams: ``"cancel"``, ``"grace"`` (cancel after
+            ``grace`` seconds without a client) or ``"continue"``; ``None``: the
+            runtime's default.
+        grace: seconds of the ``grace`` policy (``None``: the runtime's default).
+        disconnect_choices: policies a client may ask for per request (the
+            ``llmbrick-on-disconnect`` header or metadata); ``cancel`` always.
     """
 
     name: str
@@ -50,6 +58,9 @@ class FlowSpec:
     allow: frozenset[str] | None = None
     aliases: tuple[str, ...] = ()
     capabilities: frozenset[str] = frozenset()
+    on_disconnect: str | None = None
+    grace: float | None = None
+    disconnect_choices: frozenset[str] = frozenset({"cancel"})
 
     def describe(self) -> dict[str, Any]:
         """Name, description and request JSON schema, as ``GET /flows`` shows them."""
@@ -127,6 +138,9 @@ class FlowRegistry:
         allow: Iterable[str] | None = None,
         aliases: Iterable[str] = (),
         capabilities: Iterable[str] = (),
+        on_disconnect: str | None = None,
+        grace: float | None = None,
+        disconnect_choices: Iterable[str] = (),
     ) -> FlowSpec:
         """Register ``flow`` under ``name``.
 
@@ -141,6 +155,8 @@ class FlowRegistry:
                 ``PERMISSION_DENIED`` (with no authenticator, nobody may).
             aliases: more names for it (each unique among names and aliases).
             capabilities: what it honours beyond text chat (see :class:`FlowSpec`).
+            on_disconnect, grace, disconnect_choices: the disconnect policy (see
+                :class:`FlowSpec`); it matters when the runtime has a store.
 
         Raises:
             DuplicateFlow: ``name`` is taken.
@@ -179,6 +195,19 @@ class FlowRegistry:
             )
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"request_model for {name!r} must be a pydantic model class")
+        if on_disconnect is not None and on_disconnect not in POLICIES:
+            raise ValueError(
+                f"on_disconnect must be one of {', '.join(POLICIES)}; got {on_disconnect!r}"
+            )
+        if isinstance(disconnect_choices, str):
+            raise TypeError("disconnect_choices= takes a list of policies, not one string")
+        choices = frozenset({"cancel", *disconnect_choices})
+        if on_disconnect is not None:
+            choices |= {on_disconnect}
+        if not choices <= set(POLICIES):
+            raise ValueError(f"disconnect_choices must be among {', '.join(POLICIES)}")
+        if grace is not None and not grace > 0:
+            raise ValueError(f"grace must be positive, got {grace!r}")
         if isinstance(allow, str):
             raise TypeError("allow= takes a list of principal ids or scopes, not one string")
         allowed = frozenset(allow) if allow is not None else None
@@ -192,6 +221,9 @@ class FlowRegistry:
             allowed,
             aliases,
             frozenset(capabilities),
+            on_disconnect,
+            grace,
+            choices,
         )
         self._flows[name] = spec
         for alias in spec.aliases:
@@ -208,6 +240,9 @@ class FlowRegistry:
         allow: Iterable[str] | None = None,
         aliases: Iterable[str] = (),
         capabilities: Iterable[str] = (),
+        on_disconnect: str | None = None,
+        grace: float | None = None,
+        disconnect_choices: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`register`; the name defaults to the function's."""
 
@@ -221,6 +256,9 @@ class FlowRegistry:
                 allow=allow,
                 aliases=aliases,
                 capabilities=capabilities,
+                on_disconnect=on_disconnect,
+                grace=grace,
+                disconnect_choices=disconnect_choices,
             )
             return fn
 

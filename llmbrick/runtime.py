@@ -1,9 +1,11 @@
 """``FlowRuntime``: runs flows for every transport, with one set of rules.
 
-It validates the request, runs the flow inside ``contextlib.aclosing``, stamps
-``id`` and ``progress`` on each event, guarantees exactly one terminal event,
-turns exceptions into ``error`` events and enforces the limits (timeout,
-concurrent streams). One consumer drives a stream; adapters bring any
+It authenticates the caller, validates the request, runs the flow inside
+``contextlib.aclosing``, stamps ``id`` and ``progress`` on each event,
+guarantees exactly one terminal event, turns exceptions into ``error`` events
+and enforces the limits (timeout, concurrent streams, per-caller limits). With
+a store it keeps every stream's events, so that a client can resume a stream
+after a drop, and applies each flow's disconnect policy. Adapters bring any
 concurrency (pings, disconnect listeners) themselves.
 """
 
@@ -11,20 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
-from functools import partial
-from typing import Any, TypedDict
 
 from pydantic import BaseModel, ValidationError
 
 from .auth import Authenticator, CallerLimits
-from .context import Principal, RequestContext, _bind, new_id
+from .context import Principal, RequestContext
 from .errors import (
-    DeadlineExceeded,
-    ErrorCode,
+    FlowNotFound,
     InvalidRequest,
     LLMBrickError,
     Overloaded,
@@ -32,37 +29,16 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .events import ErrorInfo, Event, event_problem
-from .observe import RuntimeObserver, StreamResult, _Observers
+from .events import Event
+from .observe import RuntimeObserver, _Observers
 from .registry import FlowRegistry, FlowSpec
+from .store import POLICIES, StreamLog, StreamRecord, StreamStore
+from .stream import FlowStream, InvokeResult, ResumedStream
 
-__all__ = ["FAIR_SLICE", "FlowRuntime", "FlowStream", "InvokeResult", "collect_events"]
+__all__ = ["DISCONNECT_HEADER", "FlowRuntime"]
 
-
-class InvokeResult(TypedDict):
-    """A whole stream at once: every event, the text joined, and the error if it failed."""
-
-    events: list[Event]
-    text: str
-    error: ErrorInfo | None
-
-
-def collect_events(events: list[Event]) -> InvokeResult:
-    """A finished stream's events as an :class:`InvokeResult`; every client's ``invoke`` uses it."""
-    text = "".join(event.get("text", "") for event in events if event["type"] == "text")
-    last = events[-1] if events else None
-    error = last.get("error") if last is not None and last["type"] == "error" else None
-    return {"events": events, "text": text, "error": error}
-
-
-class _Stopped(Exception):
-    """Raised inside a stream that the runtime stops during shutdown."""
-
-
-#: Events a stream may produce without the loop turning before the runtime makes it turn.
-#: A flow that never awaits (a tokenizer loop, cached chunks) would otherwise hold the loop
-#: for its whole run: no other stream, health check or disconnect would be served.
-FAIR_SLICE = 32
+#: The header (HTTP) or metadata key (gRPC) a client sets to pick a disconnect policy.
+DISCONNECT_HEADER = "llmbrick-on-disconnect"
 
 
 class FlowRuntime:
@@ -80,6 +56,11 @@ class FlowRuntime:
             flow starts on every transport (see :mod:`llmbrick.auth`).
         caller_limits: per-caller stream cap and rate (see :class:`~llmbrick.auth.CallerLimits`).
         observers: hooks for metrics, tracing and audit (see :mod:`llmbrick.observe`).
+        store: keeps streams' events so clients can resume them (see
+            :mod:`llmbrick.store`); ``None`` keeps nothing.
+        on_disconnect: the default disconnect policy of flows that set none
+            (default: ``grace`` with a store, which is the only case where it matters).
+        grace: seconds of the ``grace`` policy for flows that set none.
     """
 
     def __init__(
@@ -93,6 +74,9 @@ class FlowRuntime:
         authenticator: Authenticator | None = None,
         caller_limits: CallerLimits | None = None,
         observers: Iterable[RuntimeObserver] = (),
+        store: StreamStore | None = None,
+        on_disconnect: str = "grace",
+        grace: float = 30.0,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -108,7 +92,16 @@ class FlowRuntime:
         self._observers = _Observers()
         for observer in observers:
             self._observers.add(observer)
-        self._streams: set[FlowStream] = set()
+        if on_disconnect not in POLICIES:
+            raise ValueError(
+                f"on_disconnect must be one of {', '.join(POLICIES)}; got {on_disconnect!r}"
+            )
+        if not grace > 0:
+            raise ValueError(f"grace must be positive, got {grace!r}")
+        self.store = store
+        self.on_disconnect = on_disconnect
+        self.grace = grace
+        self._streams: dict[str, FlowStream] = {}
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -227,6 +220,7 @@ class FlowRuntime:
             # The request names the flow it runs in, however the name was given.
             payload = {**payload, "flow": spec.name}
         request = self.validate(spec, payload)
+        policy = self._policy(spec, context)
         if self.max_streams is not None and len(self._streams) >= self.max_streams:
             raise Overloaded(f"the server runs its maximum of {self.max_streams} streams")
         caller = None
@@ -234,10 +228,26 @@ class FlowRuntime:
             caller = context.caller
             self.caller_limits.acquire(caller)
         context.flow = spec.name
-        stream = FlowStream(self, spec, request, context, caller)
-        self._streams.add(stream)
+        grace = spec.grace if spec.grace is not None else self.grace
+        stream = FlowStream(self, spec, request, context, caller, policy, grace)
+        self._streams[stream.id] = stream
         self._idle.clear()
         return stream
+
+    def _policy(self, spec: FlowSpec, context: RequestContext) -> str:
+        if self.store is None:
+            return "cancel"  # nothing is kept, so nothing could be resumed
+        asked = context.headers.get(DISCONNECT_HEADER)
+        if asked is None:
+            return spec.on_disconnect or self.on_disconnect
+        asked = asked.strip().lower()
+        if asked not in spec.disconnect_choices:
+            choices = ", ".join(sorted(spec.disconnect_choices))
+            raise InvalidRequest(
+                f"flow {spec.name!r} lets a client choose {choices} on disconnect, "
+                f"not {asked[:16]!r}"
+            )
+        return asked
 
     async def open(
         self, name: str | None, payload: object, *, context: RequestContext
@@ -303,10 +313,102 @@ class FlowRuntime:
 
     def stop_streams(self) -> int:
         """End every running stream with an ``UNAVAILABLE`` error event; returns how many."""
-        streams = list(self._streams)
+        streams = list(self._streams.values())
+        error = Unavailable("the server is shutting down; resume elsewhere").to_info()
         for stream in streams:
-            stream._stop()
+            stream._stop(error)
         return len(streams)
+
+    def stream(self, stream_id: str) -> FlowStream | None:
+        """The running stream with this id, on this runtime."""
+        return self._streams.get(stream_id)
+
+    def _visible(
+        self, record: StreamRecord | None, context: RequestContext, token: str | None
+    ) -> StreamRecord:
+        principal = context.principal.id if context.principal is not None else None
+        if record is None or not record.allows(principal, token):
+            # Another principal's stream looks exactly like one that does not exist.
+            raise FlowNotFound("no such stream (it may have expired)")
+        return record
+
+    async def resume(
+        self,
+        stream_id: str,
+        after: int = 0,
+        *,
+        context: RequestContext,
+        token: str | None = None,
+    ) -> ResumedStream:
+        """Read a kept stream again: its events after ``after``, then live until its end.
+
+        Args:
+            stream_id: the stream's id.
+            after: the last event id the client has (0: from the start).
+            context: the caller; only the principal that started the stream may
+                resume it, unless it presents the stream's ``token``.
+            token: the stream's resume token.
+
+        Raises:
+            FlowNotFound: unknown, expired or someone else's stream.
+            InvalidRequest: ``after`` is negative.
+            LLMBrickError: ``FAILED_PRECONDITION`` when the events after
+                ``after`` are no longer all kept; ``UNAVAILABLE`` when the store
+                cannot be reached.
+        """
+        await self.authenticate(context)
+        if after < 0:
+            raise InvalidRequest(f"a stream resumes after an event id >= 0, got {after}")
+        store = self.store
+        if store is None:
+            raise FlowNotFound("this server keeps no streams (start it with a store)")
+        log = store.get(stream_id)
+        if log is None:
+            record = self._visible(await store.lookup(stream_id), context, token)
+            return ResumedStream(record, store.remote(record, after))
+        record = self._visible(log.record, context, token)
+        after = _clamp(log, after)
+        log.events_after(after)  # raises at once if some were dropped
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream._reattached()
+
+        async def left() -> None:
+            if stream is not None:
+                await stream._unattended()
+
+        return ResumedStream(record, log.follow(after), left)
+
+    async def cancel(
+        self, stream_id: str, *, context: RequestContext, token: str | None = None
+    ) -> None:
+        """End a stream with a ``CANCELLED`` terminal event, whoever reads it; its output is kept.
+
+        Raises:
+            FlowNotFound: unknown, expired or someone else's stream.
+        """
+        await self.authenticate(context)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            log = stream.log
+            if log is not None:
+                self._visible(log.record, context, token)
+            else:
+                principal = context.principal.id if context.principal is not None else None
+                owner = stream.context.principal
+                if (owner.id if owner is not None else None) != principal:
+                    raise FlowNotFound("no such stream (it may have expired)")
+            stream.cancel()
+            return
+        store = self.store
+        if store is None:
+            raise FlowNotFound("no such stream running here")
+        log = store.get(stream_id)
+        if log is not None:
+            self._visible(log.record, context, token)
+            return  # it already ended; its terminal event stays
+        record = self._visible(await store.lookup(stream_id), context, token)
+        await store.cancel_remote(record)
 
     async def aclose(self) -> None:
         """Close the bricks of every registered pipeline (their ``aclose``)."""
@@ -316,293 +418,15 @@ class FlowRuntime:
                 await close()
 
     def _release(self, stream: FlowStream) -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream.id, None)
         if stream._caller is not None and self.caller_limits is not None:
             self.caller_limits.release(stream._caller)
         if not self._streams:
             self._idle.set()
 
 
-class FlowStream:
-    """One running flow; an async iterator of stamped events. Close it with ``aclose``.
-
-    Attributes:
-        id: the stream id: random, unique across instances and restarts.
-        spec: the flow being run.
-        request: the validated request.
-        context: who asked, over which transport (see :class:`RequestContext`).
-    """
-
-    __slots__ = (
-        "_caller",
-        "_events",
-        "_released",
-        "_runtime",
-        "_stopping",
-        "_waiting",
-        "context",
-        "id",
-        "request",
-        "spec",
-    )
-
-    def __init__(
-        self,
-        runtime: FlowRuntime,
-        spec: FlowSpec,
-        request: BaseModel,
-        context: RequestContext,
-        caller: str | None,
-    ) -> None:
-        self._runtime = runtime
-        self.spec = spec
-        self.request = request
-        self.context = context
-        self.id = context.stream_id = new_id()
-        context._stream = self
-        self._caller = caller
-        self._released = False
-        self._stopping = False
-        # The task blocked on the flow right now, if any: the one _stop() must interrupt.
-        self._waiting: asyncio.Task[Any] | None = None
-        self._events = self._iterate()
-
-    @property
-    def transport(self) -> str:
-        """The transport the stream was requested over."""
-        return self.context.transport
-
-    @property
-    def flow(self) -> str:
-        """The flow's name."""
-        return self.spec.name
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        # The generator itself, so `async for` resumes it with no Python call per event.
-        return self._events
-
-    def __anext__(self) -> Any:
-        return self._events.__anext__()
-
-    async def collect(self) -> InvokeResult:
-        """Run the stream to its end and return everything at once."""
-        events: list[Event] = []
-        async with aclosing(self):
-            async for event in self:
-                events.append(event)
-        return collect_events(events)
-
-    async def aclose(self) -> None:
-        """Stop the flow (its ``finally`` blocks run) and free the stream's slot."""
-        try:
-            await self._events.aclose()
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._runtime._release(self)
-
-    def _stopped_by_runtime(self) -> bool:
-        # Absorb the cancel that _stop() sent, so the consumer's task goes on normally.
-        task = asyncio.current_task()
-        if self._stopping and task is not None:
-            task.uncancel()
-            return True
-        return False
-
-    def _stop(self) -> None:
-        self._stopping = True
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    def _deadline(self, timeout: float | None) -> tuple[float | None, bool]:
-        """The loop time the stream must end by, and whether the client set it."""
-        now = asyncio.get_running_loop().time()
-        deadline = None if timeout is None else now + timeout
-        left = self.context.time_left()
-        if left is not None and (deadline is None or now + left < deadline):
-            return now + left, True
-        return deadline, False
-
-    async def _iterate(self) -> AsyncGenerator[Event]:
-        runtime = self._runtime
-        spec = self.spec
-        context = self.context
-        observers = runtime._observers
-        per_event = observers.per_event
-        log = runtime.logger
-        started = time.monotonic()
-        first: float | None = None
-        timeout = spec.timeout if spec.timeout is not None else runtime.timeout
-        deadline, client_deadline = self._deadline(timeout)
-        current_task = _task_lookup()
-        seq = 0
-        turn = FAIR_SLICE
-        outcome = ErrorCode.CANCELLED.value
-        unbind = _bind(context)
-        principal = context.principal.id if context.principal is not None else "-"
-        fields = {
-            "stream_id": self.id,
-            "flow": spec.name,
-            "transport": context.transport,
-            "request_id": context.request_id,
-            "principal": principal,
-        }
-        log.info(
-            "stream start id=%s flow=%s transport=%s request_id=%s principal=%s",
-            self.id,
-            spec.name,
-            context.transport,
-            context.request_id,
-            principal,
-            extra={"llmbrick": fields},
-        )
-        if observers.all:
-            observers.call(observers.all, "stream_started", self)
-        try:
-            try:
-                flow = spec.handler(self.request)
-                async with aclosing(flow):  # type: ignore[type-var]
-                    next_event = flow.__anext__
-                    while True:
-                        if self._stopping:
-                            raise _Stopped
-                        turn -= 1
-                        if not turn:
-                            # Let the loop turn: other streams, health checks and the
-                            # disconnect watchers run even if this flow never awaits.
-                            turn = FAIR_SLICE
-                            await asyncio.sleep(0)
-                        # Adapters may hand the stream to another task mid-way (to read
-                        # ahead while a slow client drains), so look the task up each time.
-                        self._waiting = current_task()
-                        try:
-                            if deadline is None:
-                                event = await next_event()
-                            else:
-                                event = await _next_before(next_event, deadline)
-                        except StopAsyncIteration:
-                            break
-                        except asyncio.CancelledError:
-                            if self._stopped_by_runtime():
-                                raise _Stopped from None
-                            raise
-                        finally:
-                            self._waiting = None
-                        problem = event_problem(event)
-                        if problem is not None:
-                            raise LLMBrickError(f"flow {spec.name!r} misbehaved: {problem}")
-                        seq += 1
-                        if seq == 1:
-                            first = time.monotonic() - started
-                            if observers.all:
-                                observers.call(observers.all, "first_event", self, first)
-                        kind = event["type"]
-                        if kind == "done" or kind == "error":
-                            outcome = "ok" if kind == "done" else event["error"]["code"]
-                            stamped: Event = {
-                                **event,
-                                "id": str(seq),
-                                "progress": "DONE" if kind == "done" else "ERROR",
-                            }
-                            if per_event:
-                                observers.call(per_event, "event", self, stamped)
-                            yield stamped
-                            return
-                        stamped = {**event, "id": str(seq), "progress": "IN_PROGRESS"}
-                        if per_event:
-                            observers.call(per_event, "event", self, stamped)
-                        yield stamped
-            except _Stopped:
-                error = Unavailable("the server is shutting down").to_info()
-            except _Deadline:
-                message = (
-                    "the client's deadline passed"
-                    if client_deadline
-                    else f"flow {spec.name!r} ran past its {timeout:g} s timeout"
-                )
-                error = DeadlineExceeded(message).to_info()
-            except LLMBrickError as exc:
-                if exc.code is ErrorCode.INTERNAL and not runtime.debug:
-                    log.error("stream %s flow=%s failed: %s", self.id, spec.name, exc.message)
-                error = exc.to_info()
-            except Exception as exc:
-                log.exception("stream %s flow=%s crashed", self.id, spec.name)
-                message = (
-                    f"{type(exc).__name__}: {exc}"
-                    if runtime.debug
-                    else f"internal error in flow {spec.name!r} (stream {self.id}); see server log"
-                )
-                error = {"code": ErrorCode.INTERNAL.value, "message": message}
-            else:
-                outcome = "ok"
-                seq += 1
-                done: Event = {"type": "done", "id": str(seq), "progress": "DONE"}
-                if per_event:
-                    observers.call(per_event, "event", self, done)
-                yield done
-                return
-            outcome = error["code"]
-            seq += 1
-            failed: Event = {"type": "error", "error": error, "id": str(seq), "progress": "ERROR"}
-            if per_event:
-                observers.call(per_event, "event", self, failed)
-            yield failed
-        finally:
-            self._release()
-            unbind()
-            duration = time.monotonic() - started
-            # A stream closed before its terminal event delivered `seq` events, not more.
-            log.info(
-                "stream end id=%s flow=%s transport=%s request_id=%s principal=%s "
-                "outcome=%s events=%d duration_ms=%.1f",
-                self.id,
-                spec.name,
-                context.transport,
-                context.request_id,
-                principal,
-                outcome,
-                seq,
-                duration * 1000,
-                extra={
-                    "llmbrick": {
-                        **fields,
-                        "outcome": outcome,
-                        "events": seq,
-                        "duration_ms": round(duration * 1000, 1),
-                    }
-                },
-            )
-            if observers.all:
-                observers.call(
-                    observers.all, "stream_ended", self, StreamResult(outcome, seq, duration, first)
-                )
-
-
-def _task_lookup() -> Callable[[], asyncio.Task[Any] | None]:
-    """A cheap ``asyncio.current_task`` for the per-event path.
-
-    Before Python 3.12 ``current_task`` is written in Python and costs about a
-    microsecond; the loop's entry in asyncio's task table is the same answer.
-    """
-    table = getattr(asyncio.tasks, "_current_tasks", None)
-    if sys.version_info >= (3, 12) or not isinstance(table, dict):
-        return asyncio.current_task
-    return partial(table.get, asyncio.get_running_loop())
-
-
-class _Deadline(Exception):
-    """The runtime's own timeout fired (a flow's own TimeoutError stays a crash)."""
-
-
-async def _next_before(next_event: Any, deadline: float) -> Any:
-    timeout = asyncio.timeout_at(deadline)
-    try:
-        async with timeout:
-            return await next_event()
-    except TimeoutError:
-        if timeout.expired():
-            raise _Deadline from None
-        raise
+def _clamp(log: StreamLog, after: int) -> int:
+    """A resume from past the end of a finished stream gets its terminal event only."""
+    if log.finished and after >= log.last:
+        return log.last - 1
+    return after

@@ -19,6 +19,8 @@ import llmbrick.registry
 import llmbrick.requests
 import llmbrick.runtime
 import llmbrick.serving
+import llmbrick.store
+import llmbrick.stream
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBMODULES = [
@@ -32,6 +34,8 @@ SUBMODULES = [
     llmbrick.requests,
     llmbrick.runtime,
     llmbrick.serving,
+    llmbrick.store,
+    llmbrick.stream,
 ]
 TRANSPORTS = ("litestar", "grpc", "google.protobuf", "websockets", "uvicorn", "httpx", "orjson")
 

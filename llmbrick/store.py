@@ -1,0 +1,426 @@
+"""Stream stores: what keeps a stream's events so a client can resume it after a drop.
+
+A :class:`StreamLog` is one stream's events in order, in memory, with readers
+following it live. A :class:`StreamStore` keeps the logs of the streams this
+process runs, bounded in events, bytes and time; :class:`MemoryStore` is the
+one-process store, and a shared store (Redis, in the ``llmbrick_redis``
+package) also writes every event where other instances can replay and follow
+it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import new_id
+from .errors import ErrorCode, FlowNotFound, LLMBrickError
+from .events import Event
+
+__all__ = [
+    "POLICIES",
+    "MemoryStore",
+    "StreamLog",
+    "StreamRecord",
+    "StreamStore",
+    "event_size",
+]
+
+_log = logging.getLogger("llmbrick.store")
+
+#: What happens to a flow when its last client goes away.
+POLICIES = ("cancel", "grace", "continue")
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """What a store knows about a stream besides its events.
+
+    Attributes:
+        id: the stream id.
+        flow: the flow's name.
+        principal: who started it (``None`` without authentication); only they may resume it.
+        token: a secret that lets anyone holding it resume or cancel the stream
+            (what a browser's ``EventSource`` URL carries instead of an API key).
+        policy: the disconnect policy in force.
+        created: wall-clock time of the start.
+        owner: the instance running it (shared stores).
+    """
+
+    id: str
+    flow: str
+    principal: str | None
+    policy: str = "cancel"
+    token: str = field(default_factory=new_id)
+    created: float = field(default_factory=time.time)
+    owner: str | None = None
+
+    def allows(self, principal: str | None, token: str | None) -> bool:
+        """Whether a caller (its principal id, or a token it presents) may see this stream."""
+        if token is not None:
+            return token == self.token
+        return principal == self.principal
+
+
+def event_size(event: Event) -> int:
+    """A cheap estimate of an event's encoded size in bytes (for the store's bounds)."""
+    size = 16
+    for key, value in event.items():
+        size += len(key) + 4
+        if type(value) is str:
+            size += len(value)
+        else:
+            size += _value_size(value, 0)
+    return size
+
+
+def _value_size(value: Any, depth: int) -> int:
+    if type(value) is str:
+        return len(value) + 2
+    if type(value) is dict and depth < 8:
+        return sum(len(k) + 4 + _value_size(v, depth + 1) for k, v in value.items()) + 2
+    if type(value) is list and depth < 8:
+        return sum(_value_size(v, depth + 1) for v in value) + 2
+    return 8
+
+
+class _Dropped(LLMBrickError):
+    """A reader asked for events the store no longer has."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class StreamLog:
+    """One stream's events, in memory, with readers following it live.
+
+    The log keeps at most ``max_events`` events and ``max_bytes`` bytes by
+    dropping the oldest; a reader that asks for a dropped event gets a clear
+    error. While a reader is attached and behind by ``window`` bytes, the
+    producer waits (:meth:`room`), so a slow client holds back the flow
+    instead of making it drop what the client has not read.
+
+    Args:
+        record: the stream's record.
+        max_events, max_bytes: what the log keeps at most.
+        window: bytes an attached reader may be behind before the producer waits.
+    """
+
+    __slots__ = (
+        "_base",
+        "_changed",
+        "_ends",
+        "_events",
+        "_first",
+        "_readers",
+        "_room",
+        "_total",
+        "finished",
+        "finished_at",
+        "max_bytes",
+        "max_events",
+        "record",
+        "window",
+    )
+
+    def __init__(self, record: StreamRecord, max_events: int, max_bytes: int, window: int) -> None:
+        self.record = record
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.window = window
+        self._events: list[Event] = []
+        # Running byte totals: _ends[i] counts every event up to and including _events[i];
+        # _base counts the events already dropped.
+        self._ends: list[int] = []
+        self._total = 0
+        self._base = 0
+        self._first = 1  # the sequence number of _events[0]
+        self._readers: list[_Reader] = []
+        self._changed: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self.finished = False
+        self.finished_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The stream id."""
+        return self.record.id
+
+    @property
+    def last(self) -> int:
+        """The sequence number of the last event (0 before the first)."""
+        return self._first + len(self._events) - 1
+
+    @property
+    def first(self) -> int:
+        """The oldest sequence number still kept."""
+        return self._first
+
+    @property
+    def bytes(self) -> int:
+        """Bytes kept (estimated)."""
+        return self._total - self._base
+
+    @property
+    def readers(self) -> int:
+        """Readers following the log now."""
+        return len(self._readers)
+
+    def append(self, event: Event, size: int) -> None:
+        """Add the next event (``size`` bytes); the terminal one finishes the log."""
+        if self.finished:
+            return
+        self._total += size
+        self._events.append(event)
+        self._ends.append(self._total)
+        if event["type"] == "done" or event["type"] == "error":
+            self.finished = True
+            self.finished_at = time.monotonic()
+        elif len(self._events) > self.max_events or self._total - self._base > self.max_bytes:
+            self._trim()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            if not changed.done():
+                changed.set_result(None)
+
+    def _trim(self) -> None:
+        # Drop the oldest events beyond the bounds, but never the newest one.
+        ends = self._ends
+        count = len(self._events)
+        drop = 0
+        kept = self._total - self._base
+        while count - drop > 1 and (count - drop > self.max_events or kept > self.max_bytes):
+            drop += 1
+            kept = self._total - ends[drop - 1]
+        if drop:
+            self._base = ends[drop - 1]
+            del self._events[:drop]
+            del ends[:drop]
+            self._first += drop
+
+    def behind(self) -> int:
+        """Bytes the slowest attached reader has not read yet."""
+        if not self._readers or not self._events:
+            return 0
+        index = min(reader.next for reader in self._readers) - self._first
+        if index >= len(self._events):
+            return 0
+        return self._total - (self._ends[index - 1] if index > 0 else self._base)
+
+    async def room(self) -> None:
+        """Wait while an attached reader is more than ``window`` bytes behind (or a wake)."""
+        if self.behind() > self.window and not self.finished:
+            room = self._room
+            if room is None or room.done():
+                room = self._room = asyncio.get_running_loop().create_future()
+            await room
+
+    def wake(self) -> None:
+        """Wake a producer waiting for room (it is being stopped)."""
+        room = self._room
+        if room is not None and not room.done():
+            self._room = None
+            room.set_result(None)
+
+    def _moved(self) -> None:
+        room = self._room
+        if room is not None and not room.done() and self.behind() <= self.window:
+            self._room = None
+            room.set_result(None)
+
+    def events_after(self, after: int) -> list[Event]:
+        """Every kept event after sequence number ``after``.
+
+        Raises:
+            LLMBrickError: ``FAILED_PRECONDITION`` when some of them were dropped.
+        """
+        index = after + 1 - self._first
+        if index < 0:
+            raise _Dropped(
+                f"events {after + 1}-{self._first - 1} of stream {self.id} are no longer kept; "
+                f"resume after {self._first - 1} or later"
+            )
+        return self._events[index:]
+
+    def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """The events after ``after``, then new ones as they come, until the terminal one."""
+        return _Reader(self, after + 1).iterate()
+
+    def _wait(self) -> asyncio.Future[None]:
+        changed = self._changed
+        if changed is None or changed.done():
+            changed = self._changed = asyncio.get_running_loop().create_future()
+        return changed
+
+
+class _Reader:
+    """One reader of a log; while attached, it holds back a producer that runs far ahead."""
+
+    __slots__ = ("log", "next")
+
+    def __init__(self, log: StreamLog, next_seq: int) -> None:
+        if next_seq < 1:
+            raise ValueError(f"a stream resumes after an event id >= 0, got {next_seq - 1}")
+        self.log = log
+        self.next = next_seq
+
+    async def iterate(self) -> AsyncIterator[Event]:
+        log = self.log
+        log._readers.append(self)
+        try:
+            while True:
+                batch = log.events_after(self.next - 1)
+                if batch:
+                    for event in batch:
+                        yield event
+                        # Counted once the consumer asks for more: what it holds is unread.
+                        self.next += 1
+                        if log._room is not None:
+                            log._moved()
+                        if event["type"] == "done" or event["type"] == "error":
+                            return
+                elif log.finished:
+                    # Asked for more than the stream made: it ends with its terminal event.
+                    yield log._events[-1]
+                    return
+                else:
+                    await log._wait()
+        finally:
+            log._readers.remove(self)
+            log._moved()
+
+
+class StreamStore(ABC):
+    """Where a runtime keeps its streams' events; see :class:`MemoryStore`.
+
+    Attributes:
+        shared: True when several instances see the same streams (so any of
+            them can resume any stream), False for a one-process store.
+    """
+
+    shared: bool = False
+
+    @abstractmethod
+    def add(self, record: StreamRecord) -> StreamLog:
+        """Keep a new stream; returns its log (which the runtime appends to)."""
+
+    @abstractmethod
+    def get(self, stream_id: str) -> StreamLog | None:
+        """This process's log of a stream, if it has one."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (shared stores); raise ``Unavailable`` with a clear message if impossible."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Flush and disconnect."""
+
+    def appended(self, log: StreamLog, event: Event) -> None:  # noqa: B027 - optional hook
+        """Called after each append (a shared store persists it, batched)."""
+
+    async def lookup(self, stream_id: str) -> StreamRecord | None:
+        """The record of a stream this process does not have (shared stores)."""
+        return None
+
+    def remote(self, record: StreamRecord, after: int) -> AsyncIterator[Event]:
+        """Replay and follow a stream another instance runs (shared stores).
+
+        Raises:
+            FlowNotFound: this store is not shared.
+        """
+        raise FlowNotFound(f"no stream {record.id}")
+
+    async def cancel_remote(self, record: StreamRecord) -> None:  # noqa: B027 - optional hook
+        """Ask the instance running a stream to cancel it (shared stores)."""
+
+    def on_cancel(self, handler: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """Register who cancels a local stream that another instance asked to cancel."""
+
+
+class MemoryStore(StreamStore):
+    """Streams kept in this process's memory: bounded, oldest first out.
+
+    Args:
+        max_events: events kept per stream (the oldest go first).
+        max_bytes: bytes kept per stream (estimated).
+        max_total_bytes: bytes kept for all streams; finished streams are
+            forgotten oldest first when over it.
+        keep_for: seconds a finished stream stays resumable.
+        window: bytes a live client may be behind before its flow waits.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_events: int = 10_000,
+        max_bytes: int = 4 << 20,
+        max_total_bytes: int = 256 << 20,
+        keep_for: float = 300.0,
+        window: int = 256 << 10,
+    ) -> None:
+        for name, value in (
+            ("max_events", max_events),
+            ("max_bytes", max_bytes),
+            ("max_total_bytes", max_total_bytes),
+            ("keep_for", keep_for),
+            ("window", window),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
+        self.keep_for = keep_for
+        self.window = window
+        self._logs: OrderedDict[str, StreamLog] = OrderedDict()
+        self._swept = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def add(self, record: StreamRecord) -> StreamLog:
+        self._sweep()
+        log = StreamLog(record, self.max_events, self.max_bytes, self.window)
+        self._logs[record.id] = log
+        return log
+
+    def get(self, stream_id: str) -> StreamLog | None:
+        log = self._logs.get(stream_id)
+        finished_at = log.finished_at if log is not None else None
+        if finished_at is not None and time.monotonic() - finished_at > self.keep_for:
+            del self._logs[stream_id]
+            return None
+        return log
+
+    def _sweep(self) -> None:
+        # At most once a second: the budget may be overrun for that long, never more.
+        now = time.monotonic()
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
+        expired = [
+            key
+            for key, log in self._logs.items()
+            if log.finished_at is not None and now - log.finished_at > self.keep_for
+        ]
+        for key in expired:
+            del self._logs[key]
+        total = self._total()
+        if total <= self.max_total_bytes:
+            return
+        for key, log in list(self._logs.items()):  # oldest first
+            if log.finished and not log.readers:
+                total -= log.bytes
+                del self._logs[key]
+                if total <= self.max_total_bytes:
+                    return
+        # Running streams stay whole: their own bounds keep each one small.
+        _log.warning("the stream store is over its %d-byte budget", self.max_total_bytes)
+
+    def _total(self) -> int:
+        return sum(log.bytes for log in self._logs.values())

@@ -1,0 +1,498 @@
+"""``FlowStream``, one running flow as adapters iterate it, and ``ResumedStream``, a kept one."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from pydantic import BaseModel
+
+from .context import RequestContext, _bind, new_id
+from .errors import DeadlineExceeded, ErrorCode, LLMBrickError, Unavailable
+from .events import ErrorInfo, Event, event_problem
+from .observe import StreamResult
+from .store import StreamLog, StreamRecord, StreamStore, event_size
+
+if TYPE_CHECKING:
+    from .registry import FlowSpec
+    from .runtime import FlowRuntime
+
+__all__ = ["FAIR_SLICE", "FlowStream", "InvokeResult", "ResumedStream", "collect_events"]
+
+
+class InvokeResult(TypedDict):
+    """A whole stream at once: every event, the text joined, and the error if it failed."""
+
+    events: list[Event]
+    text: str
+    error: ErrorInfo | None
+
+
+def collect_events(events: list[Event]) -> InvokeResult:
+    """A finished stream's events as an :class:`InvokeResult`; every client's ``invoke`` uses it."""
+    text = "".join(event.get("text", "") for event in events if event["type"] == "text")
+    last = events[-1] if events else None
+    error = last.get("error") if last is not None and last["type"] == "error" else None
+    return {"events": events, "text": text, "error": error}
+
+
+class _Stopped(Exception):
+    """Raised inside a stream that the runtime stops during shutdown."""
+
+
+#: Events a stream may produce without the loop turning before the runtime makes it turn.
+#: A flow that never awaits (a tokenizer loop, cached chunks) would otherwise hold the loop
+#: for its whole run: no other stream, health check or disconnect would be served.
+FAIR_SLICE = 32
+
+
+class FlowStream:
+    """One running flow; an async iterator of stamped events. Close it with ``aclose``.
+
+    Without a store, the consumer's own task runs the flow as it iterates, and
+    closing the stream cancels the flow. With a store, the flow runs in a task
+    of its own that writes every event to the stream's log, and the consumer
+    is one reader of that log: closing the stream detaches the reader, and the
+    flow's disconnect policy decides what happens next (``cancel`` at once,
+    ``grace`` after a while without readers, or ``continue`` to the end).
+
+    Attributes:
+        id: the stream id: random, unique across instances and restarts.
+        spec: the flow being run.
+        request: the validated request.
+        context: who asked, over which transport (see :class:`RequestContext`).
+        policy: the disconnect policy in force.
+    """
+
+    __slots__ = (
+        "_attached",
+        "_caller",
+        "_driver",
+        "_events",
+        "_grace_timer",
+        "_log",
+        "_reader",
+        "_released",
+        "_runtime",
+        "_stopping",
+        "_waiting",
+        "context",
+        "grace",
+        "id",
+        "policy",
+        "request",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        runtime: FlowRuntime,
+        spec: FlowSpec,
+        request: BaseModel,
+        context: RequestContext,
+        caller: str | None,
+        policy: str = "cancel",
+        grace: float = 0.0,
+    ) -> None:
+        self._runtime = runtime
+        self.spec = spec
+        self.request = request
+        self.context = context
+        self.policy = policy
+        self.grace = grace
+        self.id = context.stream_id = new_id()
+        context._stream = self
+        self._caller = caller
+        self._released = False
+        self._stopping: ErrorInfo | None = None
+        # The task blocked on the flow right now, if any: the one _stop() must interrupt.
+        self._waiting: asyncio.Task[Any] | None = None
+        self._events = self._iterate()
+        self._attached = True
+        self._grace_timer: asyncio.TimerHandle | None = None
+        store = runtime.store
+        if store is None:
+            self._log: StreamLog | None = None
+            self._driver: asyncio.Task[None] | None = None
+            self._reader: AsyncIterator[Event] = self._events
+        else:
+            principal = context.principal.id if context.principal is not None else None
+            record = StreamRecord(self.id, spec.name, principal, policy)
+            self._log = log = store.add(record)
+            self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
+            self._reader = log.follow(0)
+
+    @property
+    def log(self) -> StreamLog | None:
+        """The stream's log in the store (``None`` without a store)."""
+        return self._log
+
+    @property
+    def kept(self) -> bool:
+        """Whether a store keeps this stream, so that clients can resume it."""
+        return self._log is not None
+
+    @property
+    def transport(self) -> str:
+        """The transport the stream was requested over."""
+        return self.context.transport
+
+    @property
+    def flow(self) -> str:
+        """The flow's name."""
+        return self.spec.name
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # The generator itself, so `async for` resumes it with no Python call per event.
+        return self._reader
+
+    def __anext__(self) -> Any:
+        return self._reader.__anext__()
+
+    async def collect(self) -> InvokeResult:
+        """Run the stream to its end and return everything at once."""
+        events: list[Event] = []
+        async with aclosing(self):
+            async for event in self:
+                events.append(event)
+        return collect_events(events)
+
+    async def aclose(self) -> None:
+        """The consumer is done: stop the flow (its ``finally`` blocks run), unless the
+        stream is kept and its policy keeps it running for a reader to come back."""
+        if self._log is None:
+            try:
+                await self._events.aclose()
+            finally:
+                self._release()
+            return
+        if not self._attached:
+            return
+        self._attached = False
+        await self._reader.aclose()  # type: ignore[attr-defined]
+        await self._unattended()
+
+    def cancel(self, message: str = "the stream was cancelled by the client") -> None:
+        """End the stream now with a ``CANCELLED`` terminal event; what it produced is kept."""
+        self._stop({"code": ErrorCode.CANCELLED.value, "message": message})
+
+    async def wait(self) -> None:
+        """Wait until a kept stream's flow has ended (at once without a store)."""
+        if self._driver is not None:
+            await asyncio.wait([self._driver])
+
+    async def _unattended(self) -> None:
+        """A reader left: apply the disconnect policy once nobody reads."""
+        log = self._log
+        if log is None or self._attached or log.readers or log.finished:
+            return
+        if self.policy == "cancel":
+            self.cancel("the client went away")
+            await self.wait()
+        elif self.policy == "grace" and self._grace_timer is None:
+            self._grace_timer = asyncio.get_running_loop().call_later(self.grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        log = self._log
+        if log is not None and not log.readers and not log.finished:
+            self.cancel(f"no client came back within {self.grace:g} s")
+
+    def _reattached(self) -> None:
+        """A reader came back (a resume): the grace period stops."""
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+
+    async def _drive(self, log: StreamLog, store: StreamStore) -> None:
+        """Run the flow into its log (kept streams): readers follow the log."""
+        events = self._events
+        appended = store.appended
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    log.append(event, event_size(event))
+                    appended(log, event)
+                    if log.readers and log.behind() > log.window:
+                        await log.room()
+        finally:
+            if not log.finished:
+                # Closed from outside (the loop shutting down): readers still get an end.
+                failed: Event = {
+                    "type": "error",
+                    "error": {"code": ErrorCode.CANCELLED.value, "message": "the run was stopped"},
+                    "id": str(log.last + 1),
+                    "progress": "ERROR",
+                }
+                log.append(failed, event_size(failed))
+                appended(log, failed)
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._runtime._release(self)
+
+    def _stopped_by_runtime(self) -> bool:
+        # Absorb the cancel that _stop() sent, so the consumer's task goes on normally.
+        task = asyncio.current_task()
+        if self._stopping and task is not None:
+            task.uncancel()
+            return True
+        return False
+
+    def _stop(self, error: ErrorInfo) -> None:
+        if self._stopping is None:
+            self._stopping = error
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self._log is not None:
+            self._log.wake()  # a flow waiting for a slow reader checks the stop too
+
+    def _deadline(self, timeout: float | None) -> tuple[float | None, bool]:
+        """The loop time the stream must end by, and whether the client set it."""
+        now = asyncio.get_running_loop().time()
+        deadline = None if timeout is None else now + timeout
+        left = self.context.time_left()
+        if left is not None and (deadline is None or now + left < deadline):
+            return now + left, True
+        return deadline, False
+
+    async def _iterate(self) -> AsyncGenerator[Event]:
+        runtime = self._runtime
+        spec = self.spec
+        context = self.context
+        observers = runtime._observers
+        per_event = observers.per_event
+        log = runtime.logger
+        started = time.monotonic()
+        first: float | None = None
+        timeout = spec.timeout if spec.timeout is not None else runtime.timeout
+        deadline, client_deadline = self._deadline(timeout)
+        current_task = _task_lookup()
+        seq = 0
+        turn = FAIR_SLICE
+        outcome = ErrorCode.CANCELLED.value
+        unbind = _bind(context)
+        principal = context.principal.id if context.principal is not None else "-"
+        fields = {
+            "stream_id": self.id,
+            "flow": spec.name,
+            "transport": context.transport,
+            "request_id": context.request_id,
+            "principal": principal,
+        }
+        log.info(
+            "stream start id=%s flow=%s transport=%s request_id=%s principal=%s",
+            self.id,
+            spec.name,
+            context.transport,
+            context.request_id,
+            principal,
+            extra={"llmbrick": fields},
+        )
+        if observers.all:
+            observers.call(observers.all, "stream_started", self)
+        try:
+            try:
+                flow = spec.handler(self.request)
+                async with aclosing(flow):  # type: ignore[type-var]
+                    next_event = flow.__anext__
+                    while True:
+                        if self._stopping:
+                            raise _Stopped
+                        turn -= 1
+                        if not turn:
+                            # Let the loop turn: other streams, health checks and the
+                            # disconnect watchers run even if this flow never awaits.
+                            turn = FAIR_SLICE
+                            await asyncio.sleep(0)
+                        # Adapters may hand the stream to another task mid-way (to read
+                        # ahead while a slow client drains), so look the task up each time.
+                        self._waiting = current_task()
+                        try:
+                            if deadline is None:
+                                event = await next_event()
+                            else:
+                                event = await _next_before(next_event, deadline)
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.CancelledError:
+                            if self._stopped_by_runtime():
+                                raise _Stopped from None
+                            raise
+                        finally:
+                            self._waiting = None
+                        problem = event_problem(event)
+                        if problem is not None:
+                            raise LLMBrickError(f"flow {spec.name!r} misbehaved: {problem}")
+                        seq += 1
+                        if seq == 1:
+                            first = time.monotonic() - started
+                            if observers.all:
+                                observers.call(observers.all, "first_event", self, first)
+                        kind = event["type"]
+                        if kind == "done" or kind == "error":
+                            outcome = "ok" if kind == "done" else event["error"]["code"]
+                            stamped: Event = {
+                                **event,
+                                "id": str(seq),
+                                "progress": "DONE" if kind == "done" else "ERROR",
+                            }
+                            if per_event:
+                                observers.call(per_event, "event", self, stamped)
+                            yield stamped
+                            return
+                        stamped = {**event, "id": str(seq), "progress": "IN_PROGRESS"}
+                        if per_event:
+                            observers.call(per_event, "event", self, stamped)
+                        yield stamped
+            except _Stopped:
+                error = self._stopping or Unavailable("the server is shutting down").to_info()
+            except _Deadline:
+                message = (
+                    "the client's deadline passed"
+                    if client_deadline
+                    else f"flow {spec.name!r} ran past its {timeout:g} s timeout"
+                )
+                error = DeadlineExceeded(message).to_info()
+            except LLMBrickError as exc:
+                if exc.code is ErrorCode.INTERNAL and not runtime.debug:
+                    log.error("stream %s flow=%s failed: %s", self.id, spec.name, exc.message)
+                error = exc.to_info()
+            except Exception as exc:
+                log.exception("stream %s flow=%s crashed", self.id, spec.name)
+                message = (
+                    f"{type(exc).__name__}: {exc}"
+                    if runtime.debug
+                    else f"internal error in flow {spec.name!r} (stream {self.id}); see server log"
+                )
+                error = {"code": ErrorCode.INTERNAL.value, "message": message}
+            else:
+                outcome = "ok"
+                seq += 1
+                done: Event = {"type": "done", "id": str(seq), "progress": "DONE"}
+                if per_event:
+                    observers.call(per_event, "event", self, done)
+                yield done
+                return
+            outcome = error["code"]
+            seq += 1
+            failed: Event = {"type": "error", "error": error, "id": str(seq), "progress": "ERROR"}
+            if per_event:
+                observers.call(per_event, "event", self, failed)
+            yield failed
+        finally:
+            self._release()
+            unbind()
+            duration = time.monotonic() - started
+            # A stream closed before its terminal event delivered `seq` events, not more.
+            log.info(
+                "stream end id=%s flow=%s transport=%s request_id=%s principal=%s "
+                "outcome=%s events=%d duration_ms=%.1f",
+                self.id,
+                spec.name,
+                context.transport,
+                context.request_id,
+                principal,
+                outcome,
+                seq,
+                duration * 1000,
+                extra={
+                    "llmbrick": {
+                        **fields,
+                        "outcome": outcome,
+                        "events": seq,
+                        "duration_ms": round(duration * 1000, 1),
+                    }
+                },
+            )
+            if observers.all:
+                observers.call(
+                    observers.all, "stream_ended", self, StreamResult(outcome, seq, duration, first)
+                )
+
+
+def _task_lookup() -> Callable[[], asyncio.Task[Any] | None]:
+    """A cheap ``asyncio.current_task`` for the per-event path.
+
+    Before Python 3.12 ``current_task`` is written in Python and costs about a
+    microsecond; the loop's entry in asyncio's task table is the same answer.
+    """
+    table = getattr(asyncio.tasks, "_current_tasks", None)
+    if sys.version_info >= (3, 12) or not isinstance(table, dict):
+        return asyncio.current_task
+    return partial(table.get, asyncio.get_running_loop())
+
+
+class _Deadline(Exception):
+    """The runtime's own timeout fired (a flow's own TimeoutError stays a crash)."""
+
+
+async def _next_before(next_event: Any, deadline: float) -> Any:
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await next_event()
+    except TimeoutError:
+        if timeout.expired():
+            raise _Deadline from None
+        raise
+
+
+class ResumedStream:
+    """A kept stream read again: its events after a given id, then live until its end.
+
+    Iterate it for event dicts (the same ones the first client got) and close
+    it with ``aclose`` when the client leaves; the flow's disconnect policy
+    then applies as for any reader.
+
+    Attributes:
+        id: the stream id.
+        record: the stream's record (flow, principal, policy).
+    """
+
+    __slots__ = ("_events", "_on_close", "id", "record")
+
+    def __init__(
+        self,
+        record: StreamRecord,
+        events: AsyncIterator[Event],
+        on_close: Callable[[], Any] | None = None,
+    ) -> None:
+        self.id = record.id
+        self.record = record
+        self._events = events
+        self._on_close = on_close
+
+    @property
+    def flow(self) -> str:
+        """The flow's name."""
+        return self.record.flow
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events
+
+    def __anext__(self) -> Any:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading."""
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            await on_close()
+
+    async def collect(self) -> InvokeResult:
+        """Read to the end and return everything at once."""
+        events: list[Event] = []
+        async with aclosing(self):
+            async for event in self:
+                events.append(event)
+        return collect_events(events)

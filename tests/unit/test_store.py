@@ -1,0 +1,256 @@
+"""Kept streams in the core: the log, the memory store, resume, cancel and disconnect policies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+from llmbrick import (
+    ApiKeyAuth,
+    ChatRequest,
+    ErrorCode,
+    Event,
+    FlowNotFound,
+    FlowRegistry,
+    FlowRuntime,
+    InvalidRequest,
+    LLMBrickError,
+    MemoryStore,
+    RequestContext,
+    StreamLog,
+    StreamRecord,
+)
+
+HELLO = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+def text(n: int) -> Event:
+    return {"type": "text", "text": f"t{n}", "id": str(n), "progress": "IN_PROGRESS"}
+
+
+def done(n: int) -> Event:
+    return {"type": "done", "id": str(n), "progress": "DONE"}
+
+
+def new_log(**bounds: int) -> StreamLog:
+    options = {"max_events": 100, "max_bytes": 1 << 20, "window": 1 << 20, **bounds}
+    return StreamLog(StreamRecord("s", "f", None), **options)
+
+
+async def attached(log: StreamLog) -> None:
+    """Let a reader task run until it follows ``log`` (a task needs a loop turn to start)."""
+    for _ in range(100):
+        if log.readers:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the reader never attached")
+
+
+async def test_a_log_replays_after_an_id_and_follows_live() -> None:
+    log = new_log()
+    for n in (1, 2, 3):
+        log.append(text(n), 10)
+    seen: list[str] = []
+
+    async def read() -> None:
+        async for event in log.follow(1):
+            seen.append(event["id"])
+
+    reader = asyncio.create_task(read())
+    await attached(log)
+    log.append(text(4), 10)
+    log.append(done(5), 10)
+    await reader
+    assert seen == ["2", "3", "4", "5"]
+    # A finished log replays from any point, ending with its terminal event once.
+    assert [e["id"] async for e in log.follow(0)] == ["1", "2", "3", "4", "5"]
+    assert [e["id"] async for e in log.follow(5)] == ["5"]
+    assert [e["id"] async for e in log.follow(9)] == ["5"]
+
+
+async def test_a_log_drops_the_oldest_beyond_its_bounds_and_says_so() -> None:
+    log = new_log(max_events=3)
+    for n in range(1, 7):
+        log.append(text(n), 10)
+    assert (log.first, log.last) == (4, 6)
+    with pytest.raises(LLMBrickError) as caught:
+        log.events_after(1)
+    assert caught.value.code is ErrorCode.FAILED_PRECONDITION
+    assert "resume after 3 or later" in caught.value.message
+    assert [e["id"] for e in log.events_after(3)] == ["4", "5", "6"]
+    by_bytes = new_log(max_bytes=25)
+    for n in range(1, 5):
+        by_bytes.append(text(n), 10)
+    assert by_bytes.first == 3 and by_bytes.bytes == 20
+
+
+async def test_a_reader_far_behind_holds_the_producer_back() -> None:
+    log = new_log(window=30)
+    reader = log.follow(0)
+    first = asyncio.create_task(reader.__anext__())  # attaches, then waits for an event
+    await attached(log)
+    for n in range(1, 6):
+        log.append(text(n), 10)
+    assert (await first)["id"] == "1"
+    assert log.behind() == 50  # the consumer holds event 1; 1..5 count as unread
+    room = asyncio.create_task(log.room())
+    await asyncio.sleep(0)
+    assert not room.done()
+    for n in (2, 3, 4):
+        assert (await reader.__anext__())["id"] == str(n)
+    await asyncio.wait_for(room, 1)  # two events unread: within the window
+    assert log.behind() == 20
+    await reader.aclose()  # type: ignore[attr-defined]
+    assert log.readers == 0
+
+
+def flows(release: asyncio.Event, log: list[str]) -> FlowRegistry:
+    registry = FlowRegistry()
+
+    async def slow(request: ChatRequest) -> AsyncIterator[Event]:
+        try:
+            yield {"type": "text", "text": "a"}
+            await release.wait()
+            yield {"type": "text", "text": "b"}
+            log.append("ended")
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        finally:
+            log.append("finally")
+
+    registry.register("cancel", slow, on_disconnect="cancel", disconnect_choices=["continue"])
+    registry.register("grace", slow, on_disconnect="grace", grace=0.05)
+    registry.register("continue", slow, on_disconnect="continue")
+    return registry
+
+
+async def first_then_leave(runtime: FlowRuntime, flow: str, **options: Any) -> str:
+    stream = runtime.start(flow, HELLO, **options)
+    async with aclosing(stream):
+        async for event in stream:
+            assert event["text"] == "a"
+            break
+    return stream.id
+
+
+async def test_the_same_events_with_and_without_a_store() -> None:
+    release = asyncio.Event()
+    release.set()
+    plain = [e async for e in FlowRuntime(flows(release, [])).run("continue", HELLO)]
+    kept = [
+        e async for e in FlowRuntime(flows(release, []), store=MemoryStore()).run("continue", HELLO)
+    ]
+    assert plain == kept
+
+
+async def test_cancel_policy_stops_the_flow_and_keeps_what_it_made() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream_id = await first_then_leave(runtime, "cancel")
+    assert log == ["cancelled", "finally"]
+    resumed = await runtime.resume(stream_id, context=RequestContext())
+    events = (await resumed.collect())["events"]
+    assert [e["type"] for e in events] == ["text", "error"]
+    assert events[-1]["error"] == {"code": "CANCELLED", "message": "the client went away"}
+    assert runtime.active_streams == 0
+
+
+async def test_continue_policy_runs_to_the_end_for_a_client_to_read_later() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream_id = await first_then_leave(runtime, "continue")
+    assert log == []  # still running, nobody reading
+    release.set()
+    await runtime.stream(stream_id).wait()  # type: ignore[union-attr]
+    assert log == ["ended", "finally"]
+    resumed = await runtime.resume(stream_id, 1, context=RequestContext())
+    assert [e["text"] if e["type"] == "text" else e["type"] async for e in resumed] == [
+        "b",
+        "done",
+    ]
+
+
+async def test_grace_policy_waits_for_a_reader_and_cancels_without_one() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    # A client comes back within the grace period: the flow goes on.
+    stream_id = await first_then_leave(runtime, "grace")
+    resumed = await runtime.resume(stream_id, 1, context=RequestContext())
+    release.set()
+    assert [e["type"] async for e in resumed] == ["text", "done"]
+    assert log == ["ended", "finally"]
+    # Nobody comes back: cancelled once the grace period is over.
+    release.clear()
+    log.clear()
+    stream_id = await first_then_leave(runtime, "grace")
+    await runtime.stream(stream_id).wait()  # type: ignore[union-attr]
+    assert log == ["cancelled", "finally"]
+    last = await (await runtime.resume(stream_id, 1, context=RequestContext())).collect()
+    assert last["error"] == {"code": "CANCELLED", "message": "no client came back within 0.05 s"}
+
+
+async def test_a_client_may_pick_a_policy_the_flow_allows() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    ask = RequestContext(headers={"llmbrick-on-disconnect": "continue"})
+    stream_id = await first_then_leave(runtime, "cancel", context=ask)
+    assert log == [] and runtime.stream(stream_id).policy == "continue"  # type: ignore[union-attr]
+    release.set()
+    await runtime.stream(stream_id).wait()  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequest, match="lets a client choose cancel"):
+        runtime.start(
+            "grace", HELLO, context=RequestContext(headers={"llmbrick-on-disconnect": "continue"})
+        )
+
+
+async def test_resume_checks_the_id_the_caller_and_the_position() -> None:
+    release = asyncio.Event()
+    release.set()
+    registry = flows(release, [])
+    runtime = FlowRuntime(
+        registry, store=MemoryStore(), authenticator=ApiKeyAuth(["ka name=a", "kb name=b"])
+    )
+    alice = RequestContext(headers={"authorization": "Bearer ka"})
+    stream = await runtime.open("continue", HELLO, context=alice)
+    result = await stream.collect()
+    assert [e["id"] for e in result["events"]] == ["1", "2", "3"]
+    again = RequestContext(headers={"authorization": "Bearer ka"})
+    assert [e["id"] async for e in await runtime.resume(stream.id, 2, context=again)] == ["3"]
+    assert [e["id"] async for e in await runtime.resume(stream.id, 3, context=again)] == ["3"]
+    assert [e["id"] async for e in await runtime.resume(stream.id, 99, context=again)] == ["3"]
+    bob = RequestContext(headers={"authorization": "Bearer kb"})
+    with pytest.raises(FlowNotFound) as other:
+        await runtime.resume(stream.id, context=bob)
+    with pytest.raises(FlowNotFound) as unknown:
+        await runtime.resume("no-such-stream", context=again)
+    assert other.value.message == unknown.value.message  # no hint that it exists
+    token = stream.log.record.token  # type: ignore[union-attr]
+    by_token = await runtime.resume(stream.id, 2, context=bob, token=token)
+    assert [e["id"] async for e in by_token] == ["3"]
+    with pytest.raises(InvalidRequest):
+        await runtime.resume(stream.id, -1, context=again)
+    with pytest.raises(FlowNotFound, match="keeps no streams"):
+        await FlowRuntime(registry).resume(stream.id, context=RequestContext())
+
+
+async def test_an_explicit_cancel_ends_the_stream_for_its_reader_and_keeps_the_output() -> None:
+    for store in (None, MemoryStore()):
+        release, log = asyncio.Event(), []
+        runtime = FlowRuntime(flows(release, log), store=store)
+        stream = runtime.start("continue", HELLO)
+        events: list[Event] = []
+        async with aclosing(stream):
+            async for event in stream:
+                events.append(event)
+                if len(events) == 1:
+                    await runtime.cancel(stream.id, context=RequestContext())
+        assert [e["type"] for e in events] == ["text", "error"]
+        assert events[-1]["error"]["code"] == "CANCELLED"
+        assert log[-1] == "finally" and "ended" not in log
+        with pytest.raises(FlowNotFound):
+            await runtime.cancel("not-a-stream", context=RequestContext())
