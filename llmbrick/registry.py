@@ -94,6 +94,8 @@ class FlowRegistry:
     def __init__(self) -> None:
         self._flows: dict[str, FlowSpec] = {}
         self._aliases: dict[str, str] = {}
+        # The runtime servers share when handed this registry (see as_runtime).
+        self._runtime: Any = None
 
     def __contains__(self, name: object) -> bool:
         return name in self._flows

@@ -11,10 +11,11 @@ __all__ = ["as_runtime"]
 def as_runtime(target: object, *, name: str = "default") -> FlowRuntime:
     """Return the runtime to serve ``target`` with.
 
-    A runtime is used as is and a registry is wrapped in a new runtime, so
-    several servers handed the same object share one set of flows. Anything
-    else (a Pipeline, a Brick, an async generator function) is registered as
-    the flow ``name`` of a new registry.
+    A runtime is used as is. A registry gets one runtime, made the first time
+    and reused after, so several servers handed the same registry share one
+    runtime (one ``max_streams``, one drain) as they would share a runtime
+    handed to each. Anything else (a Pipeline, a Brick, an async generator
+    function) is registered as the flow ``name`` of a new registry.
 
     Raises:
         TypeError: ``target`` cannot be served.
@@ -22,7 +23,10 @@ def as_runtime(target: object, *, name: str = "default") -> FlowRuntime:
     if isinstance(target, FlowRuntime):
         return target
     if isinstance(target, FlowRegistry):
-        return FlowRuntime(target)
+        runtime = target._runtime
+        if runtime is None:
+            runtime = target._runtime = FlowRuntime(target)
+        return runtime
     if target is None:
         return FlowRuntime()
     registry = FlowRegistry()

@@ -474,6 +474,11 @@ class ResumedStream:
         """The flow's name."""
         return self.record.flow
 
+    @property
+    def kept(self) -> bool:
+        """Always true: only kept streams can be read again."""
+        return True
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 

@@ -60,8 +60,20 @@ def status_for_error(error: ErrorInfo | dict[str, Any]) -> int:
     return _STATUS.get(code, 500)
 
 
-def encode_event(event: Event) -> bytes:
-    """One SSE frame: ``id``, ``event`` (``message`` or ``error``) and compact JSON ``data``."""
+def encode_event(event: Event, stream_id: str | None = None) -> bytes:
+    """One SSE frame: ``id``, ``event`` (``message`` or ``error``) and compact JSON ``data``.
+
+    With ``stream_id`` (a kept stream), the ``id:`` line is ``<stream id>:<event id>``,
+    so that the ``Last-Event-ID`` a client sends back names the stream as well.
+    """
+    if stream_id is not None:
+        name = b"error" if event["type"] == "error" else b"message"
+        return b"id: %s:%s\nevent: %s\ndata: %s\n\n" % (
+            stream_id.encode(),
+            event["id"].encode(),
+            name,
+            orjson.dumps(event),
+        )
     name = b"error" if event["type"] == "error" else b"message"
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
@@ -127,6 +139,21 @@ class _Frames:
         return b""
 
 
+class _KeptFrames:
+    """The SSE writer of a kept stream: ``id:`` lines carry the stream id too."""
+
+    __slots__ = ("_stream_id",)
+
+    def __init__(self, stream_id: str) -> None:
+        self._stream_id = stream_id
+
+    def encode(self, event: Event) -> bytes:
+        return encode_event(event, self._stream_id)
+
+    def close(self) -> bytes:
+        return b""
+
+
 _FRAMES = _Frames()
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -140,18 +167,25 @@ class SSECodec:
 
     The body is the flow's request plus ``flow`` and ``stream``; ``stream`` is a
     transport option, so it is dropped for flows whose request model lacks it.
+
+    Args:
+        detached: requests start a stream and are answered at once with where to
+            follow it (``POST /streams``).
     """
 
     transport = "sse"
     stream_headers = _SSE_HEADERS
     ping = PING
 
+    def __init__(self, *, detached: bool = False) -> None:
+        self.detached = detached
+
     def open(self, body: Any, headers: Headers, runtime: FlowRuntime) -> Opening:
         if not isinstance(body, dict):
             raise Rejected.invalid(
                 422, f"the body must be a JSON object, got {type(body).__name__}"
             )
-        streaming = body.get("stream", True) is not False
+        streaming = body.get("stream", True) is not False and not self.detached
         accept = headers.get("accept")
         if streaming and not accepts_event_stream(accept):
             raise Rejected.invalid(
@@ -159,16 +193,16 @@ class SSECodec:
                 f"Accept {str(accept)[:64]!r} excludes text/event-stream; "
                 'accept it, or send "stream": false for one JSON document',
             )
-        if not streaming and not accepts_json(accept):
+        if not streaming and not self.detached and not accepts_json(accept):
             raise Rejected.invalid(406, f"Accept {str(accept)[:64]!r} excludes application/json")
         if "stream" in body:
             spec = runtime.registry.get(runtime.flow_name(None, body))
             if "stream" not in spec.request_model.model_fields:
                 body = {key: value for key, value in body.items() if key != "stream"}
-        return Opening(None, body, streaming)
+        return Opening(None, body, streaming, detached=self.detached)
 
     def writer(self, stream: FlowStream, opening: Opening) -> FrameWriter:
-        return _FRAMES
+        return _KeptFrames(stream.id) if stream.kept else _FRAMES
 
     def document(self, result: InvokeResult, stream: FlowStream, opening: Opening) -> bytes:
         return orjson.dumps(result)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Generator
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from litestar.types import Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ from llmbrick import (
     FlowStream,
     LLMBrickError,
     RequestContext,
+    ResumedStream,
 )
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
 from llmbrick_http import HttpSettings, context_from_scope
@@ -34,7 +36,7 @@ from llmbrick_http import HttpSettings, context_from_scope
 from .codec import is_json_content_type
 from .wire import MAX_ECHO, HttpCodec, Opening, Rejected
 
-__all__ = ["StreamEndpoint", "next_ping"]
+__all__ = ["KeptStreamEndpoint", "StreamEndpoint", "next_ping", "parse_last_event_id"]
 
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -158,6 +160,9 @@ class StreamEndpoint:
         max_buffer_bytes: encoded bytes kept ready per stream while the client
             reads slower than the flow produces; the flow waits beyond.
         settings: the HTTP limits (the body read timeout).
+        streams_path: where kept streams are served (``/streams``, say): a kept
+            stream's response names its URL in ``Location``, and a request with a
+            ``Last-Event-ID`` naming a kept stream resumes it instead of starting one.
     """
 
     def __init__(
@@ -169,6 +174,7 @@ class StreamEndpoint:
         ping_interval: float = 15.0,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         settings: HttpSettings | None = None,
+        streams_path: str | None = None,
     ) -> None:
         if max_body_size < 1 or max_buffer_bytes < 1 or ping_interval < 0:
             raise ValueError("max_body_size and max_buffer_bytes must be positive, ping >= 0")
@@ -178,6 +184,7 @@ class StreamEndpoint:
         self.ping_interval = ping_interval
         self.max_buffer_bytes = max_buffer_bytes
         self.settings = settings or HttpSettings()
+        self.streams_path = streams_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         codec = self.codec
@@ -189,6 +196,9 @@ class StreamEndpoint:
             return
         if stream is None or opening is None:
             return  # the client left while sending its body
+        if opening.detached and isinstance(stream, FlowStream):
+            await self._detach(stream, send)
+            return
         task = asyncio.current_task()
         assert task is not None
         ping = self.ping_interval if opening.streaming else 0
@@ -201,7 +211,9 @@ class StreamEndpoint:
                 error = result["error"]
                 status = 200 if error is None else codec.status_for(error)
                 watch.finished = True
-                await _send_json(send, status, codec.document(result, stream, opening))
+                # A resumed stream has what a codec reads of a FlowStream: its id and flow.
+                body = codec.document(result, stream, opening)  # type: ignore[arg-type]
+                await _send_json(send, status, body)
         except asyncio.CancelledError:
             # Our own cancel on disconnect ends the request quietly; any other propagates.
             if watch.disconnected and task.uncancel() == 0:
@@ -210,6 +222,34 @@ class StreamEndpoint:
         finally:
             watch.stop()
             await stream.aclose()
+
+    def location(self, stream: FlowStream | ResumedStream) -> bytes | None:
+        """Where a kept stream can be read again (with its token), if anywhere."""
+        log = stream.log if isinstance(stream, FlowStream) else None
+        record = log.record if log is not None else getattr(stream, "record", None)
+        if self.streams_path is None or record is None:
+            return None
+        return f"{self.streams_path}/{record.id}?token={record.token}".encode()
+
+    async def _detach(self, stream: FlowStream, send: Send) -> None:
+        location = self.location(stream)
+        if location is None or stream.policy == "cancel":
+            await stream.aclose()
+            why = (
+                "this server keeps no streams (start it with a store)"
+                if location is None
+                else f"flow {stream.flow!r} is cancelled when its client leaves, "
+                "so it cannot run detached"
+            )
+            error: ErrorInfo = {"code": ErrorCode.FAILED_PRECONDITION.value, "message": why}
+            await self._refuse(send, 400, error)
+            return
+        body = orjson.dumps(
+            {"streamId": stream.id, "location": location.decode(), "policy": stream.policy}
+        )
+        headers = ((b"location", location), (b"x-llmbrick-stream-id", stream.id.encode()))
+        await stream.aclose()  # no reader now: the flow runs on under its policy
+        await _send_json(send, 201, body, headers)
 
     async def _refuse(
         self,
@@ -222,7 +262,7 @@ class StreamEndpoint:
 
     async def _open(
         self, scope: Scope, receive: Receive, context: RequestContext
-    ) -> tuple[FlowStream | None, Opening | None]:
+    ) -> tuple[FlowStream | ResumedStream | None, Opening | None]:
         method = scope.get("method")
         if method != "POST":
             raise Rejected.invalid(
@@ -256,20 +296,19 @@ class StreamEndpoint:
             ) from None
         try:
             opening = codec.open(payload, headers, runtime)
+            last = headers.get("last-event-id")
+            if last is not None and self.streams_path is not None and ":" in last:
+                # A client re-sending its request after a drop: resume, do not start again.
+                stream_id, after = parse_last_event_id(last)
+                resumed = await runtime.resume(stream_id, after, context=context)
+                return resumed, opening
             stream = runtime.start(opening.flow, opening.payload, context=context)
         except LLMBrickError as exc:
             raise self._rejection(exc.to_info()) from None
         return stream, opening
 
     def _rejection(self, error: ErrorInfo) -> Rejected:
-        status = self.codec.status_for(error)
-        extra: list[tuple[bytes, bytes]] = []
-        details = error.get("details")
-        if isinstance(details, dict) and isinstance(details.get("retryAfter"), int | float):
-            extra.append((b"retry-after", str(max(1, math.ceil(details["retryAfter"]))).encode()))
-        if error["code"] == ErrorCode.UNAUTHENTICATED:
-            extra.append((b"www-authenticate", b'Bearer realm="llmbrick"'))
-        return Rejected(status, error, tuple(extra))
+        return _rejection(self.codec, error)
 
     async def _read_body(self, receive: Receive, declared: str | None) -> bytes | None:
         limit = self.max_body_size
@@ -299,14 +338,17 @@ class StreamEndpoint:
                 return b"".join(chunks)
 
     async def _stream(
-        self, stream: FlowStream, opening: Opening, send: Send, watch: _Watch
+        self, stream: FlowStream | ResumedStream, opening: Opening, send: Send, watch: _Watch
     ) -> None:
         headers = [
             *self.codec.stream_headers,
             (b"x-llmbrick-stream-id", stream.id.encode()),
         ]
+        location = self.location(stream)
+        if location is not None:
+            headers.append((b"location", location))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        writer = self.codec.writer(stream, opening)
+        writer = self.codec.writer(stream, opening)  # type: ignore[arg-type]
         encode = writer.encode
         now = time.monotonic
         async for event in stream:
@@ -335,7 +377,7 @@ class StreamEndpoint:
             await send(_END)
 
     async def _send_backlog(
-        self, stream: FlowStream, encode: Any, send: Send, watch: _Watch
+        self, stream: FlowStream | ResumedStream, encode: Any, send: Send, watch: _Watch
     ) -> None:
         def framed(event: object) -> tuple[bytes, int]:
             frame: bytes = encode(event)
@@ -350,6 +392,125 @@ class StreamEndpoint:
                 )
         finally:
             await pump.aclose()
+
+
+def _rejection(codec: HttpCodec, error: ErrorInfo) -> Rejected:
+    status = codec.status_for(error)
+    extra: list[tuple[bytes, bytes]] = []
+    details = error.get("details")
+    if isinstance(details, dict) and isinstance(details.get("retryAfter"), int | float):
+        extra.append((b"retry-after", str(max(1, math.ceil(details["retryAfter"]))).encode()))
+    if error["code"] == ErrorCode.UNAUTHENTICATED:
+        extra.append((b"www-authenticate", b'Bearer realm="llmbrick"'))
+    return Rejected(status, error, tuple(extra))
+
+
+def parse_last_event_id(value: str, stream_id: str | None = None) -> tuple[str, int]:
+    """``(stream id, event number)`` from a ``Last-Event-ID`` of ``<stream id>:<n>`` or ``<n>``.
+
+    Args:
+        value: the header (or query parameter) value.
+        stream_id: the stream the request names already, if any: a bare number
+            refers to it, and a composite id must agree with it.
+
+    Raises:
+        Rejected: 400 when the value is malformed or names another stream.
+    """
+    text = value.strip()
+    named, sep, number = text.rpartition(":")
+    if not sep:
+        named, number = stream_id or "", text
+    if not number.isdigit() or not named or len(number) > 18:
+        raise Rejected.invalid(
+            400,
+            f"Last-Event-ID {text[:MAX_ECHO]!r} is not an event id: "
+            "send the last `id:` you received (<stream id>:<number>)",
+        )
+    if stream_id is not None and named != stream_id:
+        raise Rejected.invalid(400, "Last-Event-ID names another stream than the URL")
+    return named, int(number)
+
+
+class KeptStreamEndpoint:
+    """``GET`` reads a kept stream again (replay, then live), ``DELETE`` cancels it.
+
+    The stream id is the last path segment. The caller is the principal that
+    started the stream, or presents its ``token`` query parameter (what a
+    ``Location`` header carries, so a browser's ``EventSource`` needs no key).
+    ``GET`` resumes after the ``Last-Event-ID`` header, or the ``lastEventId``
+    query parameter, or from the start.
+
+    Args:
+        runtime: the runtime shared with every other adapter.
+        codec: the wire format of the replayed events (llmbrick's SSE).
+        ping_interval, max_buffer_bytes: as :class:`StreamEndpoint`.
+        streams_path: the route's own path, for the ``Location`` of what it serves.
+    """
+
+    def __init__(
+        self,
+        runtime: FlowRuntime,
+        codec: HttpCodec,
+        *,
+        ping_interval: float = 15.0,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        streams_path: str = "/streams",
+    ) -> None:
+        self.runtime = runtime
+        self.codec = codec
+        self._sender = StreamEndpoint(
+            runtime,
+            codec,
+            ping_interval=ping_interval,
+            max_buffer_bytes=max_buffer_bytes,
+            streams_path=streams_path,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = context_from_scope(scope, self.codec.transport)
+        method = scope.get("method")
+        stream_id = str(scope.get("path", "")).rstrip("/").rsplit("/", 1)[-1]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = _first(query, "token")
+        try:
+            if method == "DELETE":
+                await self.runtime.cancel(stream_id, context=context, token=token)
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send(_END)
+                return
+            if method != "GET":
+                raise Rejected.invalid(
+                    405,
+                    f"method {str(method)[:16]} is not allowed here; use GET or DELETE",
+                    (b"allow", b"GET, DELETE"),
+                )
+            last = context.headers.get("last-event-id") or _first(query, "lastEventId")
+            after = parse_last_event_id(last, stream_id)[1] if last else 0
+            resumed = await self.runtime.resume(stream_id, after, context=context, token=token)
+        except LLMBrickError as exc:
+            rejected = _rejection(self.codec, exc.to_info())
+            await self._sender._refuse(send, rejected.status, rejected.error, rejected.headers)
+            return
+        except Rejected as exc:
+            await self._sender._refuse(send, exc.status, exc.error, exc.headers)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(receive, send, task, self.codec.ping, self._sender.ping_interval)
+        try:
+            await self._sender._stream(resumed, Opening(resumed.flow, None, True), send, watch)
+        except asyncio.CancelledError:
+            if watch.disconnected and task.uncancel() == 0:
+                return
+            raise
+        finally:
+            watch.stop()
+            await resumed.aclose()
+
+
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
 
 
 def _too_large(limit: int) -> Rejected:

@@ -21,11 +21,18 @@ from llmbrick_http import (
 )
 
 from .codec import SSECodec, status_for_error
-from .endpoint import StreamEndpoint
+from .endpoint import KeptStreamEndpoint, StreamEndpoint
 from .openai import create_openai_router
 from .wire import HttpCodec
 
-__all__ = ["SSEServer", "create_meta_router", "create_router", "http_error_handler"]
+__all__ = [
+    "SSEServer",
+    "create_http_routers",
+    "create_meta_router",
+    "create_router",
+    "create_stream_router",
+    "http_error_handler",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +48,7 @@ def create_router(
     settings: HttpSettings | None = None,
     codec: HttpCodec | None = None,
     name: str = "llmbrick-chat",
+    streams_path: str | None = "/streams",
 ) -> Router:
     """A streaming endpoint for ``runtime``, to mount on any Litestar app.
 
@@ -55,6 +63,9 @@ def create_router(
         settings: the HTTP limits (body read timeout).
         codec: the wire format (default: llmbrick's SSE).
         name: the route's name.
+        streams_path: where :func:`create_stream_router` serves kept streams, under
+            the same prefix (``None``: nowhere, so no ``Location`` and no resume by
+            ``Last-Event-ID``).
     """
     endpoint = StreamEndpoint(
         runtime,
@@ -63,6 +74,7 @@ def create_router(
         ping_interval=ping_interval,
         max_buffer_bytes=max_buffer_bytes,
         settings=settings,
+        streams_path=None if streams_path is None else (prefix.rstrip("/") + streams_path),
     )
 
     async def stream_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,6 +84,90 @@ def create_router(
         path=prefix or "/",
         route_handlers=[asgi(path, copy_scope=False, name=name)(stream_endpoint)],
     )
+
+
+def create_stream_router(
+    runtime: FlowRuntime,
+    *,
+    prefix: str = "",
+    path: str = "/streams",
+    max_body_size: int = 1 << 20,
+    ping_interval: float = 15.0,
+    max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    settings: HttpSettings | None = None,
+) -> Router:
+    """Kept streams over HTTP: ``POST {path}`` starts one detached (201 and its
+    ``Location``), ``GET {path}/{id}`` replays and follows it (SSE, resuming after
+    ``Last-Event-ID``), ``DELETE {path}/{id}`` cancels it.
+
+    They answer 404 (or 400 for ``POST``) when the runtime has no store.
+    """
+    full = prefix.rstrip("/") + path
+    start = StreamEndpoint(
+        runtime,
+        SSECodec(detached=True),
+        max_body_size=max_body_size,
+        ping_interval=ping_interval,
+        max_buffer_bytes=max_buffer_bytes,
+        settings=settings,
+        streams_path=full,
+    )
+    kept = KeptStreamEndpoint(
+        runtime,
+        SSECodec(),
+        ping_interval=ping_interval,
+        max_buffer_bytes=max_buffer_bytes,
+        streams_path=full,
+    )
+
+    async def start_detached(scope: Scope, receive: Receive, send: Send) -> None:
+        await start(scope, receive, send)
+
+    async def kept_stream(scope: Scope, receive: Receive, send: Send) -> None:
+        await kept(scope, receive, send)
+
+    return Router(
+        path=prefix or "/",
+        route_handlers=[
+            asgi(path, copy_scope=False, name="llmbrick-streams")(start_detached),
+            asgi(path + "/{stream_id:str}", copy_scope=False, name="llmbrick-stream")(kept_stream),
+        ],
+    )
+
+
+def create_http_routers(
+    runtime: FlowRuntime,
+    *,
+    prefix: str = "",
+    path: str = "/chat/completions",
+    max_body_size: int = 1 << 20,
+    ping_interval: float = 15.0,
+    max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    settings: HttpSettings | None = None,
+    openai: bool = True,
+) -> list[Router]:
+    """Every HTTP route of llmbrick for ``runtime``: the SSE endpoint, ``/flows``,
+    ``/healthz``, kept streams and (``openai``) the OpenAI API under ``/v1``.
+
+    ``SSEServer`` and the gateway both serve these, so one place says what an
+    llmbrick HTTP port offers.
+    """
+    options: dict[str, Any] = {
+        "prefix": prefix,
+        "max_body_size": max_body_size,
+        "ping_interval": ping_interval,
+        "max_buffer_bytes": max_buffer_bytes,
+        "settings": settings,
+    }
+    routers = [
+        create_router(runtime, path=path, **options),
+        create_meta_router(runtime, prefix=prefix),
+        create_stream_router(runtime, **options),
+    ]
+    if openai:
+        options["prefix"] = prefix.rstrip("/") + "/v1"
+        routers.append(create_openai_router(runtime, **options))
+    return routers
 
 
 def create_meta_router(runtime: FlowRuntime, *, prefix: str = "") -> Router:
@@ -91,7 +187,9 @@ def create_meta_router(runtime: FlowRuntime, *, prefix: str = "") -> Router:
                 media_type="application/json",
                 headers={"www-authenticate": 'Bearer realm="llmbrick"'},
             )
-        return Response({"flows": runtime.registry.describe()})
+        return Response(
+            {"flows": runtime.registry.describe(), "resumable": runtime.store is not None}
+        )
 
     async def healthz() -> Response[dict[str, Any]]:
         if runtime.draining:
@@ -117,6 +215,9 @@ class SSEServer:
         http: limits, allowed hosts, CORS origins and TLS for the HTTP port.
         openai: also serve the OpenAI API under ``{prefix}/v1`` (see
             :func:`~llmbrick_sse.create_openai_router`), with the same limits.
+
+    It serves :func:`create_http_routers`: the SSE endpoint, ``/flows``,
+    ``/healthz``, kept streams under ``/streams`` and the OpenAI API.
     """
 
     def __init__(
@@ -133,7 +234,7 @@ class SSEServer:
     ) -> None:
         self.runtime = as_runtime(target)
         self.http = http or HttpSettings()
-        self.router = create_router(
+        self.routers = create_http_routers(
             self.runtime,
             prefix=prefix,
             path=path,
@@ -141,25 +242,11 @@ class SSEServer:
             ping_interval=ping_interval,
             max_buffer_bytes=max_buffer_bytes,
             settings=self.http,
+            openai=openai,
         )
-        routers = [self.router, create_meta_router(self.runtime, prefix=prefix)]
-        #: The OpenAI API's router, when served.
-        self.openai: Router | None = None
-        if openai:
-            self.openai = create_openai_router(
-                self.runtime,
-                prefix=f"{prefix}/v1",
-                max_body_size=max_body_size,
-                ping_interval=ping_interval,
-                max_buffer_bytes=max_buffer_bytes,
-                settings=self.http,
-            )
-            routers.append(self.openai)
-        self.app = build_app(
-            routers,
-            self.http,
-            on_shutdown=[self.runtime.aclose],
-        )
+        #: The SSE endpoint's router.
+        self.router = self.routers[0]
+        self.app = build_app(self.routers, self.http, on_shutdown=[self.runtime.aclose])
 
     def flow(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
         """Register a flow on this server's registry (see ``FlowRegistry.flow``)."""

@@ -42,12 +42,15 @@ class Opening:
         payload: what the flow's request model is validated against.
         streaming: stream frames (True) or answer one document (False).
         options: whatever else the codec needs later (e.g. OpenAI's include_usage).
+        detached: start the stream and answer at once with where to follow it
+            (``POST /streams``); the flow runs on under its disconnect policy.
     """
 
     flow: str | None
     payload: Any
     streaming: bool
     options: dict[str, Any] = field(default_factory=dict)
+    detached: bool = False
 
 
 class FrameWriter(Protocol):

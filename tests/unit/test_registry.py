@@ -150,3 +150,12 @@ def test_aliases_reach_the_flow_and_are_unique() -> None:
     with pytest.raises(TypeError, match="must be 1-128"):
         registry.register("z", _one, aliases=["bad name"])
     assert "other" not in registry and "x" not in registry
+
+
+def test_servers_handed_one_registry_share_one_runtime() -> None:
+    registry = FlowRegistry()
+    registry.register("x", _one)
+    first = as_runtime(registry)
+    assert as_runtime(registry) is first
+    assert as_runtime(first) is first
+    assert as_runtime(FlowRegistry()) is not first

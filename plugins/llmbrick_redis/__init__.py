@@ -1,0 +1,1 @@
+"""A Redis stream store for llmbrick (work in progress)."""
