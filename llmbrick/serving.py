@@ -23,7 +23,7 @@ def as_runtime(target: object, *, name: str = "default") -> FlowRuntime:
     if isinstance(target, FlowRuntime):
         return target
     if isinstance(target, FlowRegistry):
-        runtime = target._runtime
+        runtime: FlowRuntime | None = target._runtime
         if runtime is None:
             runtime = target._runtime = FlowRuntime(target)
         return runtime
