@@ -347,7 +347,9 @@ class FlowRuntime:
             after: the last event id the client has (0: from the start).
             context: the caller; only the principal that started the stream may
                 resume it, unless it presents the stream's ``token``.
-            token: the stream's resume token.
+            token: the stream's resume token: a capability for this one stream,
+                which needs no credentials besides (what a browser's
+                ``EventSource`` URL can carry).
 
         Raises:
             FlowNotFound: unknown, expired or someone else's stream.
@@ -356,7 +358,8 @@ class FlowRuntime:
                 ``after`` are no longer all kept; ``UNAVAILABLE`` when the store
                 cannot be reached.
         """
-        await self.authenticate(context)
+        if token is None:
+            await self.authenticate(context)
         if after < 0:
             raise InvalidRequest(f"a stream resumes after an event id >= 0, got {after}")
         store = self.store
@@ -387,12 +390,15 @@ class FlowRuntime:
         Raises:
             FlowNotFound: unknown, expired or someone else's stream.
         """
-        await self.authenticate(context)
+        if token is None:
+            await self.authenticate(context)
         stream = self._streams.get(stream_id)
         if stream is not None:
             log = stream.log
             if log is not None:
                 self._visible(log.record, context, token)
+            elif token is not None:
+                raise FlowNotFound("no such stream (it may have expired)")
             else:
                 principal = context.principal.id if context.principal is not None else None
                 owner = stream.context.principal

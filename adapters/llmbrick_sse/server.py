@@ -120,19 +120,36 @@ def create_stream_router(
         streams_path=full,
     )
 
-    async def start_detached(scope: Scope, receive: Receive, send: Send) -> None:
-        await start(scope, receive, send)
-
-    async def kept_stream(scope: Scope, receive: Receive, send: Send) -> None:
-        await kept(scope, receive, send)
+    async def streams(scope: Scope, receive: Receive, send: Send) -> None:
+        # Mounted, so the path is what follows {path}: nothing for the collection,
+        # /<id> for one stream (Litestar routes path parameters of ASGI handlers badly).
+        rest = str(scope.get("path", "")).strip("/")
+        if not rest:
+            await start(scope, receive, send)
+        elif "/" in rest:
+            await send_not_found(send)
+        else:
+            await kept(scope, receive, send)
 
     return Router(
         path=prefix or "/",
         route_handlers=[
-            asgi(path, copy_scope=False, name="llmbrick-streams")(start_detached),
-            asgi(path + "/{stream_id:str}", copy_scope=False, name="llmbrick-stream")(kept_stream),
+            asgi(path, is_mount=True, copy_scope=True, name="llmbrick-streams")(streams)
         ],
     )
+
+
+async def send_not_found(send: Send) -> None:
+    """A 404 in llmbrick's error shape, from a raw ASGI handler."""
+    body = error_body({"code": "NOT_FOUND", "message": "no such path"})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def create_http_routers(
