@@ -4,6 +4,7 @@ Client to server (JSON text frames)::
 
     {"type": "start", "id": "<stream id>", "request": {...}}
     {"type": "cancel", "id": "<stream id>"}
+    {"type": "resume", "id": "<stream id>", "streamId": "<server's id>", "after": <last event id>}
 
 Server to client::
 
@@ -40,6 +41,7 @@ __all__ = [
     "SUBPROTOCOL",
     "Cancel",
     "Problem",
+    "Resume",
     "ServerFrame",
     "Start",
     "bearer_from_subprotocols",
@@ -50,6 +52,7 @@ __all__ = [
     "encode_cancel",
     "encode_event",
     "encode_problem",
+    "encode_resume",
     "encode_start",
     "encode_started",
     "failed_event",
@@ -120,6 +123,16 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """A client reads a kept stream again under its own ``id``: after event ``after``."""
+
+    id: str
+    stream_id: str
+    after: int
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """A frame the server cannot act on: what is wrong, and the stream id if it had one."""
 
@@ -157,7 +170,7 @@ def _stream_id(frame: dict[str, Any]) -> str | Problem:
     return value
 
 
-def parse_client_frame(text: str) -> Start | Cancel | Problem:
+def parse_client_frame(text: str) -> Start | Cancel | Resume | Problem:
     """Turn one text frame from a client into a command, or say what is wrong with it."""
     try:
         frame = orjson.loads(text)
@@ -166,20 +179,43 @@ def parse_client_frame(text: str) -> Start | Cancel | Problem:
     if type(frame) is not dict:
         return Problem(f"the frame must be a JSON object, got {_json_type(frame)}")
     kind = frame.get("type")
-    if kind != "start" and kind != "cancel":
+    if kind not in _KINDS:
         if kind is None:
-            return Problem('the frame has no "type"; use "start" or "cancel"')
-        return Problem(f'unknown frame type {repr(kind)[:64]}; use "start" or "cancel"')
+            return Problem(f'the frame has no "type"; use {_KIND_NAMES}')
+        return Problem(f"unknown frame type {repr(kind)[:64]}; use {_KIND_NAMES}")
     stream_id = _stream_id(frame)
     if isinstance(stream_id, Problem):
         return stream_id
     if kind == "cancel":
         return Cancel(stream_id)
+    if kind == "resume":
+        return _resume(frame, stream_id)
     request = frame.get("request")
     if type(request) is not dict:
         what = "missing" if request is None else f"a JSON {_json_type(request)}"
         return Problem(f'"request" must be a JSON object, got {what}', stream_id)
     return Start(stream_id, request)
+
+
+_KINDS = ("start", "cancel", "resume")
+_KIND_NAMES = '"start", "cancel" or "resume"'
+
+
+def _resume(frame: dict[str, Any], stream_id: str) -> Resume | Problem:
+    kept = frame.get("streamId")
+    if type(kept) is not str or not kept or len(kept) > MAX_ID_LENGTH:
+        return Problem('"streamId" must be the server\'s stream id (a string)', stream_id)
+    after = frame.get("after", 0)
+    if type(after) is str and after.isdigit():
+        after = int(after)
+    if type(after) is not int or after < 0:
+        return Problem(
+            '"after" must be the id of the last event received (a number >= 0)', stream_id
+        )
+    token = frame.get("token")
+    if token is not None and type(token) is not str:
+        return Problem('"token" must be a string', stream_id)
+    return Resume(stream_id, kept, after, token)
 
 
 def _json_type(value: object) -> str:
@@ -234,6 +270,14 @@ def cancelled_event(number: int) -> Event:
 def encode_start(stream_id: str, request: dict[str, Any]) -> str:
     """A client's ``start`` frame."""
     return orjson.dumps({"type": "start", "id": stream_id, "request": request}).decode()
+
+
+def encode_resume(stream_id: str, kept: str, after: int, token: str | None = None) -> str:
+    """A client's ``resume`` frame: read kept stream ``kept`` again after event ``after``."""
+    frame: dict[str, Any] = {"type": "resume", "id": stream_id, "streamId": kept, "after": after}
+    if token is not None:
+        frame["token"] = token
+    return orjson.dumps(frame).decode()
 
 
 def encode_cancel(stream_id: str) -> str:

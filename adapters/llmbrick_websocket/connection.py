@@ -28,6 +28,7 @@ from llmbrick import (
     FlowStream,
     LLMBrickError,
     RequestContext,
+    ResumedStream,
 )
 from llmbrick.flow_control import SendBuffer
 from llmbrick_http import HttpSettings, context_from_scope
@@ -36,9 +37,9 @@ from .codec import (
     SUBPROTOCOL,
     Cancel,
     Problem,
+    Resume,
     Start,
     bearer_from_subprotocols,
-    cancelled_event,
     close_for,
     encode_event,
     encode_problem,
@@ -75,13 +76,16 @@ class _Close(Exception):
 
 
 class _Stream:
-    """One client stream of a connection."""
+    """One client stream of a connection: one it started, or a kept one it resumed."""
 
-    __slots__ = ("cancelled", "id", "sent", "started", "stream", "task")
+    __slots__ = ("cancelled", "id", "sent", "started", "stream", "task", "token")
 
-    def __init__(self, stream_id: str, stream: FlowStream) -> None:
+    def __init__(
+        self, stream_id: str, stream: FlowStream | ResumedStream, token: str | None = None
+    ) -> None:
         self.id = stream_id
         self.stream = stream
+        self.token = token
         self.sent = 0
         self.started = False
         self.cancelled = False
@@ -225,7 +229,9 @@ class _Connection:
             if type(command) is Start:
                 await self._start(command)
             elif type(command) is Cancel:
-                self._cancel(command.id)
+                await self._cancel(command.id)
+            elif type(command) is Resume:
+                await self._resume(command)
             else:
                 assert isinstance(command, Problem)
                 await self._problem(command)
@@ -237,62 +243,81 @@ class _Connection:
             raise _Close(ErrorCode.INVALID_ARGUMENT)
 
     async def _start(self, command: Start) -> None:
-        stream_id = command.id
-        if stream_id in self._live:
-            message = f"stream id {stream_id!r} is already running; use a new id per stream"
-            await self._problem(Problem(message, stream_id))
+        if await self._taken(command.id):
             return
-        cap = self._limits.max_streams
         try:
-            if len(self._live) >= cap:
-                raise LLMBrickError(
-                    f"this connection runs its maximum of {cap} streams; "
-                    "wait for one to end or open another connection",
-                    code=ErrorCode.RESOURCE_EXHAUSTED,
-                    details={"maxStreams": cap},
-                )
+            self._check_room()
             flow_stream = self._runtime.start(
                 None, command.request, context=self._context.derive("websocket")
             )
         except LLMBrickError as exc:
             # As FlowRuntime.run does: a stream that cannot start is one terminal error event.
-            await self._put(encode_event(stream_id, failed_event(exc.to_info(), 1)))
+            await self._put(encode_event(command.id, failed_event(exc.to_info(), 1)))
             return
-        record = _Stream(stream_id, flow_stream)
+        await self._run(_Stream(command.id, flow_stream))
+
+    async def _resume(self, command: Resume) -> None:
+        if await self._taken(command.id):
+            return
+        try:
+            self._check_room()
+            resumed = await self._runtime.resume(
+                command.stream_id,
+                command.after,
+                context=self._context.derive("websocket"),
+                token=command.token,
+            )
+        except LLMBrickError as exc:
+            await self._put(encode_event(command.id, failed_event(exc.to_info(), 1)))
+            return
+        await self._run(_Stream(command.id, resumed, command.token))
+
+    async def _taken(self, stream_id: str) -> bool:
+        if stream_id not in self._live:
+            return False
+        message = f"stream id {stream_id!r} is already running; use a new id per stream"
+        await self._problem(Problem(message, stream_id))
+        return True
+
+    def _check_room(self) -> None:
+        cap = self._limits.max_streams
+        if len(self._live) >= cap:
+            raise LLMBrickError(
+                f"this connection runs its maximum of {cap} streams; "
+                "wait for one to end or open another connection",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+                details={"maxStreams": cap},
+            )
+
+    async def _run(self, record: _Stream) -> None:
         task = asyncio.create_task(self._pump(record))
         record.task = task
-        self._live[stream_id] = record
+        self._live[record.id] = record
         self._running[task] = record
         task.add_done_callback(self._finished)
-        await self._put(encode_started(stream_id, flow_stream.id))
+        await self._put(encode_started(record.id, record.stream.id))
 
-    def _cancel(self, stream_id: str) -> None:
+    async def _cancel(self, stream_id: str) -> None:
         record = self._live.get(stream_id)
         # An unknown id is a stream that already ended: its terminal event is on its way.
         if record is None or record.cancelled:
             return
         record.cancelled = True
-        if record.started and record.task is not None:
-            record.task.cancel()
+        stream = record.stream
+        if isinstance(stream, FlowStream):
+            # The flow stops; its CANCELLED terminal event comes through the stream.
+            stream.cancel()
+            return
+        try:  # a resumed stream: cancel the flow it reads, wherever that runs
+            await self._runtime.cancel(stream.id, context=self._context, token=record.token)
+        except LLMBrickError:
+            pass  # it ended meanwhile: its terminal event is on its way
 
     async def _pump(self, record: _Stream) -> None:
-        # A task cancelled before its first step never runs its body, so cancels
-        # that come that early are flags checked here instead.
         record.started = True
-        task = record.task
-        try:
-            async with aclosing(record.stream):
-                if not (record.cancelled or self._closing):
-                    await self._forward(record)
-                    return
-        except asyncio.CancelledError:
-            if not record.cancelled or self._closing or task is None or task.uncancel() > 0:
-                raise
-        if self._closing:
-            return
-        # The client cancelled: the flow has been closed, its finally blocks ran.
-        self._forget(record)
-        await self._put(encode_event(record.id, cancelled_event(record.sent + 1)))
+        async with aclosing(record.stream):
+            if not self._closing:
+                await self._forward(record)
 
     async def _forward(self, record: _Stream) -> None:
         put = self._buffer.put

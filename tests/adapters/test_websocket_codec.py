@@ -41,7 +41,10 @@ def test_client_frames_become_commands() -> None:
         ),
         ("null", Problem("the frame must be a JSON object, got null")),
         ("true", Problem("the frame must be a JSON object, got boolean")),
-        ('{"type": 1, "id": "a"}', Problem('unknown frame type 1; use "start" or "cancel"')),
+        (
+            '{"type": 1, "id": "a"}',
+            Problem('unknown frame type 1; use "start", "cancel" or "resume"'),
+        ),
         ('{"type":"start","id":"","request":{}}', Problem('"id" must be a non-empty string')),
         (
             '{"type":"start","id":"a","request":[]}',
