@@ -88,7 +88,8 @@ class RequestContext:
         transport: ``"sse"``, ``"websocket"``, ``"grpc"``, ``"openai"``, ``"python"``, ...
         headers: HTTP headers or gRPC metadata.
         peer: the client's address as the transport reports it.
-        deadline: ``time.monotonic()`` value by which the client wants the stream done.
+        deadline: ``time.monotonic()`` value by which the client wants the stream done
+            (its transport enforces it, as gRPC does; flows may read it to budget work).
         credentials: a bearer token the adapter found outside the ``Authorization``
             header (a WebSocket subprotocol, a first frame); see :meth:`bearer_token`.
         request_id: the id to use (default: :func:`request_id_for` the headers).

@@ -253,15 +253,6 @@ class FlowStream:
         if self._log is not None:
             self._log.wake()  # a flow waiting for a slow reader checks the stop too
 
-    def _deadline(self, timeout: float | None) -> tuple[float | None, bool]:
-        """The loop time the stream must end by, and whether the client set it."""
-        now = asyncio.get_running_loop().time()
-        deadline = None if timeout is None else now + timeout
-        left = self.context.time_left()
-        if left is not None and (deadline is None or now + left < deadline):
-            return now + left, True
-        return deadline, False
-
     async def _iterate(self) -> AsyncGenerator[Event]:
         runtime = self._runtime
         spec = self.spec
@@ -272,7 +263,9 @@ class FlowStream:
         started = time.monotonic()
         first: float | None = None
         timeout = spec.timeout if spec.timeout is not None else runtime.timeout
-        deadline, client_deadline = self._deadline(timeout)
+        # The client's own deadline (context.deadline) is its transport's to enforce
+        # (gRPC cancels the call); flows may read it to budget their work.
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         current_task = _task_lookup()
         seq = 0
         turn = FAIR_SLICE
@@ -354,11 +347,7 @@ class FlowStream:
             except _Stopped:
                 error = self._stopping or Unavailable("the server is shutting down").to_info()
             except _Deadline:
-                message = (
-                    "the client's deadline passed"
-                    if client_deadline
-                    else f"flow {spec.name!r} ran past its {timeout:g} s timeout"
-                )
+                message = f"flow {spec.name!r} ran past its {timeout:g} s timeout"
                 error = DeadlineExceeded(message).to_info()
             except LLMBrickError as exc:
                 if exc.code is ErrorCode.INTERNAL and not runtime.debug:

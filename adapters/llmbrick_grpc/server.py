@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from llmbrick import Brick, FlowRuntime, as_runtime
+from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
 
 from ._generated import brick_pb2, flow_pb2
 from ._handlers import register_servicer
@@ -115,6 +116,7 @@ async def add_services(
     max_batch: int = 64,
     max_batch_bytes: int = 1 << 20,
     max_message_bytes: int | None = None,
+    max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
 ) -> Any:
     """Add ``FlowService``, ``BrickService``, health and reflection to a ``grpc.aio`` server.
 
@@ -128,7 +130,7 @@ async def add_services(
         bricks: bricks for ``BrickService`` by name (the mapping may grow later).
         health_checks: add ``grpc.health.v1.Health`` with every service SERVING.
         reflection_service: add server reflection, so stock tools need no .proto.
-        max_batch, max_batch_bytes, max_message_bytes: as
+        max_batch, max_batch_bytes, max_message_bytes, max_buffer_bytes: as
             :func:`~llmbrick_grpc.create_servicer`.
 
     Returns:
@@ -142,6 +144,7 @@ async def add_services(
             max_batch=max_batch,
             max_batch_bytes=max_batch_bytes,
             max_message_bytes=max_message_bytes,
+            max_buffer_bytes=max_buffer_bytes,
         ),
     )
     register_servicer(
@@ -190,6 +193,8 @@ class GrpcServer:
             a retry delay (``None``: no limit; the runtime's ``max_streams`` is the
             usual limit, and says when to retry).
         max_batch: events one response may carry.
+        max_buffer_bytes: event bytes kept per stream for a slow client; the flow
+            waits beyond.
         credentials: TLS credentials (``grpc.ssl_server_credentials``); ``None`` serves plaintext.
         options: more channel arguments; one with the key of a default replaces it.
     """
@@ -209,6 +214,7 @@ class GrpcServer:
         max_pending_time: float = 3600.0,
         max_concurrent_rpcs: int | None = None,
         max_batch: int = 64,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         credentials: grpc.ServerCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
@@ -223,6 +229,7 @@ class GrpcServer:
         self.reflection_service = reflection_service
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.max_batch = max_batch
+        self.max_buffer_bytes = max_buffer_bytes
         self.max_message_bytes = max_message_bytes
         self.credentials = credentials
         self.options: list[tuple[str, Any]] = merge_options(
@@ -300,6 +307,7 @@ class GrpcServer:
             max_batch=self.max_batch,
             max_batch_bytes=self.max_message_bytes // 2,
             max_message_bytes=self.max_message_bytes,
+            max_buffer_bytes=self.max_buffer_bytes,
         )
         address = _address(host, port)
         try:

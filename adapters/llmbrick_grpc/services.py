@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -16,12 +17,16 @@ from llmbrick import (
     ErrorCode,
     FlowRuntime,
     FlowStream,
+    Headers,
     InvalidRequest,
     LLMBrickError,
+    RequestContext,
+    ResumedStream,
 )
+from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
+from llmbrick.store import event_size
 
 from ._generated import brick_pb2, brick_pb2_grpc, flow_pb2, flow_pb2_grpc
-from ._pump import Pump
 from .codec import (
     decode_request,
     encode_brick_info,
@@ -31,14 +36,60 @@ from .codec import (
     status_for,
 )
 
-__all__ = ["BrickServicer", "FlowServicer", "create_brick_servicer", "create_servicer"]
+__all__ = [
+    "REQUEST_ID_KEY",
+    "STREAM_ID_KEY",
+    "BrickServicer",
+    "FlowServicer",
+    "create_brick_servicer",
+    "create_servicer",
+    "request_context",
+]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _ADAPTER_BUG = "internal error in the gRPC adapter; see the server log"
+#: Initial metadata keys: the server's stream id (to resume it) and the request id.
+STREAM_ID_KEY = "llmbrick-stream-id"
+REQUEST_ID_KEY = "x-request-id"
 
 
-async def _abort(context: _Context, error: Mapping[str, Any]) -> NoReturn:
-    await context.abort(status_for(error["code"]), error["message"], error_metadata(error))
+def request_context(context: _Context, transport: str = "grpc") -> RequestContext:
+    """The request context of a gRPC call: its metadata, peer and deadline."""
+    metadata = context.invocation_metadata() or ()
+    headers = Headers(
+        (key, value if isinstance(value, str) else value.decode("latin-1"))
+        for key, value in metadata
+    )
+    peer = context.peer() or None
+    if peer is not None:
+        # "ipv4:127.0.0.1:5000" / "ipv6:[::1]:5000" -> the address part.
+        peer = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    left = context.time_remaining()
+    deadline = None if left is None else time.monotonic() + left
+    return RequestContext(transport, headers=headers, peer=peer, deadline=deadline)
+
+
+def _framed(event: Any) -> tuple[Any, int]:
+    return event, event_size(event)
+
+
+def _output_json(output: Any) -> tuple[str, int]:
+    text: str = output.model_dump_json()
+    return text, len(text)
+
+
+async def _abort(
+    context: _Context, error: Mapping[str, Any], request_id: str | None = None
+) -> NoReturn:
+    metadata = error_metadata(error)
+    if request_id is not None:
+        metadata = (*metadata, (REQUEST_ID_KEY, request_id))
+    await context.abort(status_for(error["code"]), error["message"], metadata)
+
+
+async def _announce(context: _Context, request_id: str, stream_id: str) -> None:
+    """Initial metadata: the request id (echoed) and the stream id (to resume the stream)."""
+    await context.send_initial_metadata(((REQUEST_ID_KEY, request_id), (STREAM_ID_KEY, stream_id)))
 
 
 async def _write(context: _Context, message: Any) -> None:
@@ -88,11 +139,13 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         max_batch: int,
         max_batch_bytes: int,
         max_message_bytes: int | None = None,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
         self.runtime = runtime
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.max_message_bytes = max_message_bytes
+        self.max_buffer_bytes = max_buffer_bytes
 
     async def _start(self, request: flow_pb2.StreamRequest, context: _Context) -> FlowStream:
         try:
@@ -101,10 +154,13 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
             message = f"invalid request: {exc}"
             details = [{"loc": "extra_json", "message": str(exc), "type": "value_error"}]
             await _abort(context, InvalidRequest(message, details=details).to_info())
+        call = request_context(context)
         try:
-            return self.runtime.start(None, payload, transport="grpc")
+            stream = await self.runtime.open(None, payload, context=call)
         except LLMBrickError as exc:
-            await _abort(context, exc.to_info())
+            await _abort(context, exc.to_info(), call.request_id)
+        await _announce(context, call.request_id, stream.id)
+        return stream
 
     # A coroutine using context.write() rather than an async generator: gRPC cancels the
     # handler's task, so a client's cancel or deadline reaches the finally below at once.
@@ -112,8 +168,37 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         self, request: flow_pb2.StreamRequest, context: _Context
     ) -> None:
         """Stream a flow's events, every waiting event in one message."""
-        stream = await self._start(request, context)
-        pump = Pump(stream, self.max_batch)
+        await self._serve(await self._start(request, context), context)
+
+    async def Resume(  # type: ignore[override]
+        self, request: flow_pb2.ResumeRequest, context: _Context
+    ) -> None:
+        """Stream a kept stream's events after ``request.after``, then live to its end."""
+        call = request_context(context)
+        token = request.token if request.HasField("token") else None
+        try:
+            resumed = await self.runtime.resume(
+                request.stream_id, request.after, context=call, token=token
+            )
+        except LLMBrickError as exc:
+            await _abort(context, exc.to_info(), call.request_id)
+        await _announce(context, call.request_id, resumed.id)
+        await self._serve(resumed, context)
+
+    async def Cancel(
+        self, request: flow_pb2.CancelRequest, context: _Context
+    ) -> flow_pb2.CancelResponse:
+        """End a stream with a CANCELLED terminal event (its output is kept)."""
+        call = request_context(context)
+        token = request.token if request.HasField("token") else None
+        try:
+            await self.runtime.cancel(request.stream_id, context=call, token=token)
+        except LLMBrickError as exc:
+            await _abort(context, exc.to_info(), call.request_id)
+        return flow_pb2.CancelResponse()
+
+    async def _serve(self, stream: FlowStream | ResumedStream, context: _Context) -> None:
+        pump: Pump[Any] = Pump(stream, _framed, self.max_buffer_bytes)
         last: Mapping[str, Any] | None = None
         try:
             while True:
@@ -135,8 +220,10 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         if last is not None and last["type"] == "error":
             await _abort(context, last["error"])
 
-    async def _too_large(self, context: _Context, stream: FlowStream, exc: _TooLarge) -> NoReturn:
-        name = stream.spec.name
+    async def _too_large(
+        self, context: _Context, stream: FlowStream | ResumedStream, exc: _TooLarge
+    ) -> NoReturn:
+        name = stream.flow
         self.runtime.logger.error("gRPC stream %s of flow %r ended: %s", stream.id, name, exc)
         message = f"internal error in flow {name!r} (stream {stream.id}); see server log"
         await _abort(context, {"code": ErrorCode.INTERNAL.value, "message": message})
@@ -146,9 +233,10 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         response = flow_pb2.StreamResponse()
         events = response.events
         size = 0
+        count = self.max_batch
         for event in batch:
             grown = size + encode_event(event, events.add()).ByteSize()
-            if grown > budget and len(events) > 1:
+            if (grown > budget or len(events) > count) and len(events) > 1:
                 # Too big for one message: send what came before and start a new one with it.
                 del events[-1]
                 await self._flush(context, response, size)
@@ -192,6 +280,11 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         self, request: flow_pb2.ListFlowsRequest, context: _Context
     ) -> flow_pb2.ListFlowsResponse:
         """Every registered flow with its request schema."""
+        call = request_context(context)
+        try:
+            await self.runtime.authenticate(call)
+        except LLMBrickError as exc:
+            await _abort(context, exc.to_info(), call.request_id)
         try:
             flows = [encode_flow_info(item) for item in self.runtime.registry.describe()]
         except Exception:
@@ -300,11 +393,11 @@ class BrickServicer(brick_pb2_grpc.BrickServiceServicer):
             outputs = brick.stream(self._input(brick, request.input_json))
         except Exception as exc:
             await self._fail(context, exc, request.name)
-        pump = Pump(outputs, self.max_batch)
+        pump: Pump[str] = Pump(outputs, _output_json, DEFAULT_BUFFER_BYTES)
         try:
             while batch := await pump.take():
                 response = brick_pb2.BrickStreamResponse()
-                response.outputs_json.extend(output.model_dump_json() for output in batch)
+                response.outputs_json.extend(batch)
                 _check_size(response, self.max_message_bytes)
                 await _write(context, response)
         except Exception as exc:
@@ -319,23 +412,27 @@ def create_servicer(
     max_batch: int = 64,
     max_batch_bytes: int = 1 << 20,
     max_message_bytes: int | None = None,
+    max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
 ) -> FlowServicer:
     """The ``FlowService`` servicer for ``runtime``, to add to any ``grpc.aio`` server.
 
     Args:
         runtime: the runtime shared with every other adapter.
-        max_batch: events one response may carry (also the per-stream buffer).
+        max_batch: events one response may carry.
         max_batch_bytes: encoded bytes after which a response is sent and a new one
             begun; keep it under the clients' maximum receive size.
         max_message_bytes: the server's ``grpc.max_send_message_length``: a response
             over it (one huge event) ends the call with INTERNAL and an ERROR line
             naming the flow, instead of gRPC's RESOURCE_EXHAUSTED. ``None``: unchecked.
+        max_buffer_bytes: event bytes kept ready per stream while the client reads
+            slower than the flow produces; the flow waits beyond.
     """
     return FlowServicer(
         runtime,
         max_batch=max_batch,
         max_batch_bytes=max_batch_bytes,
         max_message_bytes=max_message_bytes,
+        max_buffer_bytes=max_buffer_bytes,
     )
 
 

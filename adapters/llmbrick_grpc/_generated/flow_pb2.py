@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import event_pb2 as llmbrick_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmbrick/v1/flow.proto\x12\x0bllmbrick.v1\x1a\x17llmbrick/v1/event.proto\"p\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0ctool_call_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"\xd7\x02\n\rStreamRequest\x12\x11\n\x04\x66low\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05model\x18\x02 \x01(\tH\x01\x88\x01\x01\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.llmbrick.v1.Message\x12\x17\n\nsession_id\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tclient_id\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x1c\n\x0fsource_language\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x12\n\nextra_json\x18\x0f \x01(\tB\x07\n\x05_flowB\x08\n\x06_modelB\r\n\x0b_session_idB\x0c\n\n_client_idB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x12\n\x10_source_language\"4\n\x0eStreamResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.llmbrick.v1.Event\"B\n\x0eInvokeResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.llmbrick.v1.Event\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x12\n\x10ListFlowsRequest\"J\n\x08\x46lowInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1b\n\x13request_schema_json\x18\x03 \x01(\t\"9\n\x11ListFlowsResponse\x12$\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x15.llmbrick.v1.FlowInfo2\xe1\x01\n\x0b\x46lowService\x12\x43\n\x06Stream\x12\x1a.llmbrick.v1.StreamRequest\x1a\x1b.llmbrick.v1.StreamResponse0\x01\x12\x41\n\x06Invoke\x12\x1a.llmbrick.v1.StreamRequest\x1a\x1b.llmbrick.v1.InvokeResponse\x12J\n\tListFlows\x12\x1d.llmbrick.v1.ListFlowsRequest\x1a\x1e.llmbrick.v1.ListFlowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmbrick/v1/flow.proto\x12\x0bllmbrick.v1\x1a\x17llmbrick/v1/event.proto\"p\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\x04name\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0ctool_call_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0f\n\r_tool_call_id\"\xd7\x02\n\rStreamRequest\x12\x11\n\x04\x66low\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05model\x18\x02 \x01(\tH\x01\x88\x01\x01\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.llmbrick.v1.Message\x12\x17\n\nsession_id\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tclient_id\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x1c\n\x0fsource_language\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x12\n\nextra_json\x18\x0f \x01(\tB\x07\n\x05_flowB\x08\n\x06_modelB\r\n\x0b_session_idB\x0c\n\n_client_idB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x12\n\x10_source_language\"4\n\x0eStreamResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.llmbrick.v1.Event\"B\n\x0eInvokeResponse\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.llmbrick.v1.Event\x12\x0c\n\x04text\x18\x02 \x01(\t\"O\n\rResumeRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\x12\x12\n\x05token\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_token\"@\n\rCancelRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\x05token\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_token\"\x10\n\x0e\x43\x61ncelResponse\"\x12\n\x10ListFlowsRequest\"J\n\x08\x46lowInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1b\n\x13request_schema_json\x18\x03 \x01(\t\"9\n\x11ListFlowsResponse\x12$\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x15.llmbrick.v1.FlowInfo2\xe9\x02\n\x0b\x46lowService\x12\x43\n\x06Stream\x12\x1a.llmbrick.v1.StreamRequest\x1a\x1b.llmbrick.v1.StreamResponse0\x01\x12\x41\n\x06Invoke\x12\x1a.llmbrick.v1.StreamRequest\x1a\x1b.llmbrick.v1.InvokeResponse\x12J\n\tListFlows\x12\x1d.llmbrick.v1.ListFlowsRequest\x1a\x1e.llmbrick.v1.ListFlowsResponse\x12\x43\n\x06Resume\x12\x1a.llmbrick.v1.ResumeRequest\x1a\x1b.llmbrick.v1.StreamResponse0\x01\x12\x41\n\x06\x43\x61ncel\x12\x1a.llmbrick.v1.CancelRequest\x1a\x1b.llmbrick.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,12 +40,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMRESPONSE']._serialized_end=576
   _globals['_INVOKERESPONSE']._serialized_start=578
   _globals['_INVOKERESPONSE']._serialized_end=644
-  _globals['_LISTFLOWSREQUEST']._serialized_start=646
-  _globals['_LISTFLOWSREQUEST']._serialized_end=664
-  _globals['_FLOWINFO']._serialized_start=666
-  _globals['_FLOWINFO']._serialized_end=740
-  _globals['_LISTFLOWSRESPONSE']._serialized_start=742
-  _globals['_LISTFLOWSRESPONSE']._serialized_end=799
-  _globals['_FLOWSERVICE']._serialized_start=802
-  _globals['_FLOWSERVICE']._serialized_end=1027
+  _globals['_RESUMEREQUEST']._serialized_start=646
+  _globals['_RESUMEREQUEST']._serialized_end=725
+  _globals['_CANCELREQUEST']._serialized_start=727
+  _globals['_CANCELREQUEST']._serialized_end=791
+  _globals['_CANCELRESPONSE']._serialized_start=793
+  _globals['_CANCELRESPONSE']._serialized_end=809
+  _globals['_LISTFLOWSREQUEST']._serialized_start=811
+  _globals['_LISTFLOWSREQUEST']._serialized_end=829
+  _globals['_FLOWINFO']._serialized_start=831
+  _globals['_FLOWINFO']._serialized_end=905
+  _globals['_LISTFLOWSRESPONSE']._serialized_start=907
+  _globals['_LISTFLOWSRESPONSE']._serialized_end=964
+  _globals['_FLOWSERVICE']._serialized_start=967
+  _globals['_FLOWSERVICE']._serialized_end=1328
 # @@protoc_insertion_point(module_scope)

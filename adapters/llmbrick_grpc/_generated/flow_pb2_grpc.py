@@ -49,6 +49,16 @@ class FlowServiceStub:
                 request_serializer=llmbrick_dot_v1_dot_flow__pb2.ListFlowsRequest.SerializeToString,
                 response_deserializer=llmbrick_dot_v1_dot_flow__pb2.ListFlowsResponse.FromString,
                 _registered_method=True)
+        self.Resume = channel.unary_stream(
+                '/llmbrick.v1.FlowService/Resume',
+                request_serializer=llmbrick_dot_v1_dot_flow__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=llmbrick_dot_v1_dot_flow__pb2.StreamResponse.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/llmbrick.v1.FlowService/Cancel',
+                request_serializer=llmbrick_dot_v1_dot_flow__pb2.CancelRequest.SerializeToString,
+                response_deserializer=llmbrick_dot_v1_dot_flow__pb2.CancelResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServiceServicer:
@@ -83,6 +93,24 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resume(self, request, context):
+        """Read a kept stream again (a server with a store keeps them): its events
+        after `after`, then new ones live until its terminal event, on any
+        transport's stream and from any instance sharing the store. Only the
+        principal that started it may, or a caller presenting its token. An
+        unknown, expired or someone else's stream: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """End a stream now with a CANCELLED terminal event; what it produced is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +128,16 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.ListFlows,
                     request_deserializer=llmbrick_dot_v1_dot_flow__pb2.ListFlowsRequest.FromString,
                     response_serializer=llmbrick_dot_v1_dot_flow__pb2.ListFlowsResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_stream_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=llmbrick_dot_v1_dot_flow__pb2.ResumeRequest.FromString,
+                    response_serializer=llmbrick_dot_v1_dot_flow__pb2.StreamResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=llmbrick_dot_v1_dot_flow__pb2.CancelRequest.FromString,
+                    response_serializer=llmbrick_dot_v1_dot_flow__pb2.CancelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +221,60 @@ class FlowService:
             '/llmbrick.v1.FlowService/ListFlows',
             llmbrick_dot_v1_dot_flow__pb2.ListFlowsRequest.SerializeToString,
             llmbrick_dot_v1_dot_flow__pb2.ListFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llmbrick.v1.FlowService/Resume',
+            llmbrick_dot_v1_dot_flow__pb2.ResumeRequest.SerializeToString,
+            llmbrick_dot_v1_dot_flow__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmbrick.v1.FlowService/Cancel',
+            llmbrick_dot_v1_dot_flow__pb2.CancelRequest.SerializeToString,
+            llmbrick_dot_v1_dot_flow__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,15 @@ class FlowServiceStub:
     """
     ListFlows: _grpc.UnaryUnaryMultiCallable[_flow_pb2.ListFlowsRequest, _flow_pb2.ListFlowsResponse]
     """The registered flows, with their request JSON schemas."""
+    Resume: _grpc.UnaryStreamMultiCallable[_flow_pb2.ResumeRequest, _flow_pb2.StreamResponse]
+    """Read a kept stream again (a server with a store keeps them): its events
+    after `after`, then new ones live until its terminal event, on any
+    transport's stream and from any instance sharing the store. Only the
+    principal that started it may, or a caller presenting its token. An
+    unknown, expired or someone else's stream: NOT_FOUND.
+    """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_flow_pb2.CancelRequest, _flow_pb2.CancelResponse]
+    """End a stream now with a CANCELLED terminal event; what it produced is kept."""
 
 @_typing.type_check_only
 class FlowServiceAsyncStub(FlowServiceStub):
@@ -67,6 +76,15 @@ class FlowServiceAsyncStub(FlowServiceStub):
     """
     ListFlows: _aio.UnaryUnaryMultiCallable[_flow_pb2.ListFlowsRequest, _flow_pb2.ListFlowsResponse]  # type: ignore[assignment]
     """The registered flows, with their request JSON schemas."""
+    Resume: _aio.UnaryStreamMultiCallable[_flow_pb2.ResumeRequest, _flow_pb2.StreamResponse]  # type: ignore[assignment]
+    """Read a kept stream again (a server with a store keeps them): its events
+    after `after`, then new ones live until its terminal event, on any
+    transport's stream and from any instance sharing the store. Only the
+    principal that started it may, or a caller presenting its token. An
+    unknown, expired or someone else's stream: NOT_FOUND.
+    """
+    Cancel: _aio.UnaryUnaryMultiCallable[_flow_pb2.CancelRequest, _flow_pb2.CancelResponse]  # type: ignore[assignment]
+    """End a stream now with a CANCELLED terminal event; what it produced is kept."""
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +120,26 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_flow_pb2.ListFlowsResponse, _abc.Awaitable[_flow_pb2.ListFlowsResponse]]:
         """The registered flows, with their request JSON schemas."""
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _flow_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_flow_pb2.StreamResponse], _abc.AsyncIterator[_flow_pb2.StreamResponse]]:
+        """Read a kept stream again (a server with a store keeps them): its events
+        after `after`, then new ones live until its terminal event, on any
+        transport's stream and from any instance sharing the store. Only the
+        principal that started it may, or a caller presenting its token. An
+        unknown, expired or someone else's stream: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _flow_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_flow_pb2.CancelResponse, _abc.Awaitable[_flow_pb2.CancelResponse]]:
+        """End a stream now with a CANCELLED terminal event; what it produced is kept."""
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
