@@ -19,6 +19,7 @@ from .codec import SSECodec, encode_event, error_body, status_for, status_for_er
 from .endpoint import StreamEndpoint
 from .openai import OpenAICodec, create_openai_router
 from .server import SSEServer, create_meta_router, create_router, http_error_handler
+from .ui import UICodec, create_ui_router
 from .wire import FrameWriter, HttpCodec, Opening, Rejected
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "SSECodec",
     "SSEServer",
     "StreamEndpoint",
+    "UICodec",
     "create_meta_router",
     "create_openai_router",
     "create_router",
+    "create_ui_router",
     "encode_event",
     "error_body",
     "http_error_handler",
