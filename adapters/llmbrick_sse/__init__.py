@@ -18,6 +18,7 @@ from .client import SSEClient
 from .codec import SSECodec, encode_event, error_body, status_for, status_for_error
 from .endpoint import StreamEndpoint
 from .openai import OpenAICodec, create_openai_router
+from .playground import create_playground_router, playground_csp
 from .server import SSEServer, create_meta_router, create_router, http_error_handler
 from .ui import UICodec, create_ui_router
 from .wire import FrameWriter, HttpCodec, Opening, Rejected
@@ -35,11 +36,13 @@ __all__ = [
     "UICodec",
     "create_meta_router",
     "create_openai_router",
+    "create_playground_router",
     "create_router",
     "create_ui_router",
     "encode_event",
     "error_body",
     "http_error_handler",
+    "playground_csp",
     "status_for",
     "status_for_error",
 ]
