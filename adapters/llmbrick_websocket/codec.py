@@ -5,12 +5,17 @@ Client to server (JSON text frames)::
     {"type": "start", "id": "<stream id>", "request": {...}}
     {"type": "cancel", "id": "<stream id>"}
     {"type": "resume", "id": "<stream id>", "streamId": "<server's id>", "after": <last event id>}
+    {"type": "flows"}
 
 Server to client::
 
     {"type": "started", "id": "<stream id>", "streamId": "<the server's stream id>"}
     {"id": "<stream id>", "event": {...the event dict as the runtime stamped it...}}
     {"type": "error", "id": "<stream id, when known>", "error": {"code": ..., "message": ...}}
+    {"type": "flows", "flows": [{"name": ..., "description": ..., "requestSchema": {...}}, ...]}
+
+``flows`` asks for the flow list (what ``GET /flows`` and gRPC ``ListFlows``
+answer); the answers come in the order of the questions.
 
 A browser cannot set an ``Authorization`` header on a WebSocket: it offers the
 subprotocols ``llmbrick`` and ``llmbrick.bearer.<key>`` instead, and the server
@@ -40,6 +45,7 @@ __all__ = [
     "SERVICE_RESTART",
     "SUBPROTOCOL",
     "Cancel",
+    "ListFlows",
     "Problem",
     "Resume",
     "ServerFrame",
@@ -51,6 +57,8 @@ __all__ = [
     "code_for_close",
     "encode_cancel",
     "encode_event",
+    "encode_flows",
+    "encode_list_flows",
     "encode_problem",
     "encode_resume",
     "encode_start",
@@ -133,6 +141,11 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class ListFlows:
+    """A client asks for the server's flows (no stream id: it is not a stream)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """A frame the server cannot act on: what is wrong, and the stream id if it had one."""
 
@@ -170,7 +183,7 @@ def _stream_id(frame: dict[str, Any]) -> str | Problem:
     return value
 
 
-def parse_client_frame(text: str) -> Start | Cancel | Resume | Problem:
+def parse_client_frame(text: str) -> Start | Cancel | Resume | ListFlows | Problem:
     """Turn one text frame from a client into a command, or say what is wrong with it."""
     try:
         frame = orjson.loads(text)
@@ -179,6 +192,8 @@ def parse_client_frame(text: str) -> Start | Cancel | Resume | Problem:
     if type(frame) is not dict:
         return Problem(f"the frame must be a JSON object, got {_json_type(frame)}")
     kind = frame.get("type")
+    if kind == "flows":
+        return ListFlows()
     if kind not in _KINDS:
         if kind is None:
             return Problem(f'the frame has no "type"; use {_KIND_NAMES}')
@@ -245,6 +260,11 @@ def encode_started(stream_id: str, server_stream_id: str) -> str:
     return orjson.dumps({"type": "started", "id": stream_id, "streamId": server_stream_id}).decode()
 
 
+def encode_flows(flows: list[dict[str, Any]]) -> str:
+    """The answer to a ``flows`` frame: each flow's name, description and request schema."""
+    return orjson.dumps({"type": "flows", "flows": flows}).decode()
+
+
 def encode_problem(message: str, stream_id: str | None = None) -> str:
     """The frame answering a client frame the server could not act on."""
     error = {"code": ErrorCode.INVALID_ARGUMENT.value, "message": message}
@@ -285,15 +305,21 @@ def encode_cancel(stream_id: str) -> str:
     return orjson.dumps({"type": "cancel", "id": stream_id}).decode()
 
 
+def encode_list_flows() -> str:
+    """A client's ``flows`` frame, asking for the server's flows."""
+    return '{"type":"flows"}'
+
+
 @dataclass(frozen=True, slots=True)
 class ServerFrame:
-    """A frame from the server: an event of stream ``id``, an ``error`` about a frame, or
-    the ``started`` reply carrying the server's stream id."""
+    """A frame from the server: an event of stream ``id``, an ``error`` about a frame,
+    the ``started`` reply carrying the server's stream id, or the ``flows`` answer."""
 
     id: str | None
     event: Event | None = None
     error: ErrorInfo | None = None
     stream_id: str | None = None
+    flows: list[dict[str, Any]] | None = None
 
 
 def parse_server_frame(data: str | bytes) -> ServerFrame:
@@ -317,4 +343,7 @@ def parse_server_frame(data: str | bytes) -> ServerFrame:
     server_id = frame.get("streamId")
     if frame.get("type") == "started" and stream_id is not None and type(server_id) is str:
         return ServerFrame(stream_id, stream_id=server_id)
+    flows = frame.get("flows")
+    if frame.get("type") == "flows" and type(flows) is list:
+        return ServerFrame(None, flows=flows)
     raise ValueError("a server frame needs an id and an event, or type 'error'")

@@ -36,12 +36,14 @@ from llmbrick_http import HttpSettings, context_from_scope
 from .codec import (
     SUBPROTOCOL,
     Cancel,
+    ListFlows,
     Problem,
     Resume,
     Start,
     bearer_from_subprotocols,
     close_for,
     encode_event,
+    encode_flows,
     encode_problem,
     encode_started,
     failed_event,
@@ -232,6 +234,9 @@ class _Connection:
                 await self._cancel(command.id)
             elif type(command) is Resume:
                 await self._resume(command)
+            elif type(command) is ListFlows:
+                # The socket was authenticated at the handshake, as GET /flows is per request.
+                await self._put(encode_flows(self._runtime.registry.describe()))
             else:
                 assert isinstance(command, Problem)
                 await self._problem(command)
