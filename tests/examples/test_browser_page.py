@@ -1,4 +1,4 @@
-"""The browser page's own script, run in Node.js against a live gateway.
+"""The minimal browser page's own script, run in Node.js against a live gateway.
 
 Node has ``fetch``, streams and (with ``--experimental-websocket``) ``WebSocket``, the
 same APIs the page uses in a browser; a tiny stand-in for ``document`` is all it needs.
