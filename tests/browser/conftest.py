@@ -12,7 +12,7 @@ sockets), closed after it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,37 +57,44 @@ class Served:
     runtime: FlowRuntime
 
 
-def _gateway(runtime: FlowRuntime) -> Gateway:
+def _gateway(runtime: FlowRuntime, routes: Sequence[Any]) -> Gateway:
     return Gateway(
         runtime,
         http_port=0,
         transports=("sse", "websocket"),
-        routes=[create_playground_router(ui_path="/v1/ui/chat"), create_ui_router(runtime)],
+        routes=[
+            create_playground_router(ui_path="/v1/ui/chat"),
+            create_ui_router(runtime),
+            *routes,
+        ],
         log_level="warning",
         out=None,
     )
 
 
 @asynccontextmanager
-async def _serve(authenticated: bool) -> AsyncIterator[Served]:
+async def serving(
+    *, authenticated: bool = False, routes: Sequence[Any] = ()
+) -> AsyncIterator[Served]:
+    """A live gateway with the test flows, the playground, the UI route and ``routes``."""
     flows = Flows()
     auth = ApiKeyAuth([API_KEY]) if authenticated else None
     runtime = FlowRuntime(flows.registry, authenticator=auth)
-    async with serve_gateway(_gateway(runtime)) as gateway:
+    async with serve_gateway(_gateway(runtime, routes)) as gateway:
         yield Served(gateway.urls["flows"].removesuffix("/flows"), flows, runtime)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served() -> AsyncIterator[Served]:
     """A gateway without authentication, serving the playground and the UI stream route."""
-    async with _serve(authenticated=False) as value:
+    async with serving() as value:
         yield value
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served_with_keys() -> AsyncIterator[Served]:
     """The same, with :data:`API_KEY` required on every route."""
-    async with _serve(authenticated=True) as value:
+    async with serving(authenticated=True) as value:
         yield value
 
 

@@ -1,128 +1,13 @@
-// The AI SDK's own chat client, unmodified, against a live llmbrick gateway's UI message
-// stream route: the Chat logic useChat runs on (AbstractChat), the DefaultChatTransport
-// that fetches and parses the stream, and the SDK's tool helpers.
+// Runs one scenario of ai_ui_scenarios.mjs in Node and prints what the chat held, as JSON.
 //
 // Usage: node ai_ui_chat.mjs <scenario> <api URL, e.g. http://127.0.0.1:8000/v1/ui/chat>
-// Prints one JSON object: what the chat held at the end of the scenario.
-import {
-  AbstractChat,
-  DefaultChatTransport,
-  lastAssistantMessageIsCompleteWithToolCalls,
-} from "ai";
+import { scenarios } from "./ai_ui_scenarios.mjs";
 
 const [scenario, api] = process.argv.slice(2);
-
-// The state a framework binding keeps (useChat keeps it in React state); plain here.
-class PlainState {
-  constructor(onChange) {
-    this.status = "ready";
-    this.error = undefined;
-    this.messages = [];
-    this.onChange = onChange;
-  }
-  pushMessage(message) {
-    this.messages = [...this.messages, message];
-    this.onChange(this.messages);
-  }
-  popMessage() {
-    this.messages = this.messages.slice(0, -1);
-  }
-  replaceMessage(index, message) {
-    this.messages = [...this.messages.slice(0, index), message, ...this.messages.slice(index + 1)];
-    this.onChange(this.messages);
-  }
-  snapshot(value) {
-    return structuredClone(value);
-  }
-}
-
-class Chat extends AbstractChat {
-  constructor({ onChange = () => {}, ...options }) {
-    super({ ...options, state: new PlainState((messages) => onChange(messages)) });
-  }
-}
-
-function summary(chat, extra = {}) {
-  return {
-    status: chat.status,
-    error: chat.error ? chat.error.message : null,
-    messages: chat.messages.map(({ id, role, parts }) => ({ id, role, parts })),
-    ...extra,
-  };
-}
-
-const transport = (flow) => new DefaultChatTransport({ api, body: flow ? { flow } : undefined });
-
-const scenarios = {
-  // Text streams into one assistant message.
-  async text() {
-    const chat = new Chat({ transport: transport() });
-    await chat.sendMessage({ text: "hello from the sdk" });
-    await chat.sendMessage({ text: "second turn" });
-    return summary(chat);
-  },
-
-  // A flow failing mid-stream: the SDK's error state, with the server's errorText.
-  async failure() {
-    const errors = [];
-    const chat = new Chat({ transport: transport("fail"), onError: (error) => errors.push(error.message) });
-    await chat.sendMessage({ text: "go" });
-    return summary(chat, { onError: errors });
-  },
-
-  // A request refused before any stream (unknown flow): the SDK reports the body.
-  async refused() {
-    const chat = new Chat({ transport: transport("no-such-flow") });
-    await chat.sendMessage({ text: "anyone there?" });
-    return summary(chat);
-  },
-
-  // stop() while the flow runs: the fetch is aborted, the server cancels the flow.
-  async stop() {
-    let streaming;
-    const started = new Promise((resolve) => { streaming = resolve; });
-    const chat = new Chat({
-      transport: transport("forever"),
-      onChange: (messages) => {
-        const last = messages[messages.length - 1];
-        if (last && last.role === "assistant" && last.parts.some((part) => part.type === "text" && part.text)) streaming();
-      },
-    });
-    const sent = chat.sendMessage({ text: "stop from the sdk" });
-    await started;
-    await chat.stop();
-    await sent;
-    return summary(chat);
-  },
-
-  // A client-side tool: the flow asks, the page answers, the SDK resubmits by itself.
-  async tools() {
-    const calls = [];
-    const chat = new Chat({
-      transport: transport("weather"),
-      sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls,
-      onToolCall: ({ toolCall }) => {
-        calls.push({ toolName: toolCall.toolName, toolCallId: toolCall.toolCallId, input: toolCall.input });
-        // Not awaited: the SDK runs it after the chunk that asked (awaiting would deadlock).
-        chat.addToolOutput({ tool: toolCall.toolName, toolCallId: toolCall.toolCallId, output: { celsius: 21 } });
-      },
-    });
-    await chat.sendMessage({ text: "weather in Paris?" });
-    return summary(chat, { calls });
-  },
-
-  // meta and custom events arrive as data parts.
-  async data() {
-    const seen = [];
-    const chat = new Chat({ transport: transport("notes"), onData: (part) => seen.push(part.type) });
-    await chat.sendMessage({ text: "notes please" });
-    return summary(chat, { onData: seen });
-  },
-};
-
-const run = scenarios[scenario];
+const all = scenarios(api);
+const run = all[scenario];
 if (!run) {
-  console.error(`unknown scenario ${scenario}; one of ${Object.keys(scenarios).join(", ")}`);
+  console.error(`unknown scenario ${scenario}; one of ${Object.keys(all).join(", ")}`);
   process.exit(2);
 }
 console.log(JSON.stringify(await run()));
