@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from types import TracebackType
+from pathlib import Path
 from typing import Any
 
 import grpc
-from pydantic import BaseModel
 
-from llmbrick import Event, InvokeResult, collect_events
+from llmbrick import Cancelled, DeadlineExceeded, Event, InvokeResult, LLMBrickError, Unavailable
+from llmbrick.client import EventStream, FlowClient, FlowRequest, build_payload, exception_for
 
 from ._generated import flow_pb2, flow_pb2_grpc
 from ._options import merge_options
-from .codec import decode_event, decode_flow_info, encode_request, error_from_metadata
-from .errors import error_info, exception_for
+from .codec import code_for, decode_event, decode_flow_info, encode_request, error_from_metadata
 
-__all__ = ["GrpcClient", "channel_options", "open_channel"]
+__all__ = ["GrpcClient", "channel_options", "open_channel", "tls_credentials"]
+
+# Statuses a call ends with, without llmbrick's trailer, when no llmbrick server
+# answered it: nothing reachable (UNAVAILABLE), or a gRPC server without our service.
+_UNREACHED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED})
 
 
 def channel_options(
@@ -56,63 +60,95 @@ def open_channel(
     return grpc.aio.secure_channel(address, credentials, options=merged)
 
 
-def _payload(flow: str | None, request: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
-    if isinstance(request, BaseModel):
-        payload = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    else:
-        payload = dict(request)
-    if flow is not None:
-        payload["flow"] = flow
-    return payload
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files.
+
+    Args:
+        ca_file: the CAs to trust (``None``: gRPC's default roots).
+        cert_file, key_file: a client certificate and its key, for servers that
+            require one (mutual TLS); give both or neither.
+
+    Raises:
+        ValueError: only one of ``cert_file`` and ``key_file``.
+        OSError: a file cannot be read.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("mutual TLS needs both cert_file and key_file")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file is not None else None,
+        private_key=Path(key_file).read_bytes() if key_file is not None else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file is not None else None,
+    )
 
 
-class GrpcClient:
-    """A client for ``llmbrick.v1.FlowService``; one channel for every call.
+class GrpcClient(FlowClient):
+    """A client for ``llmbrick.v1.FlowService``; one channel, opened on first use, for every call.
 
     Use it as ``async with GrpcClient("host:50051") as client: ...``, or call
-    :meth:`close` yourself. Whatever the server reports (an unknown flow, an
-    invalid request, overload, a failure midway) is the stream's one terminal
-    ``error`` event, as with ``FlowRuntime.run`` and the SSE and WebSocket
-    clients. Only a call no llmbrick server answered (unreachable address, a
-    client deadline before the first event) raises the matching
-    :class:`llmbrick.LLMBrickError` (``Unavailable``, ``DeadlineExceeded``, ...).
+    :meth:`aclose` (or :meth:`close`) yourself.
+
+    Errors follow the policy of :class:`llmbrick.client.FlowClient`:
+
+    * ``Unavailable`` is raised, with gRPC's ``AioRpcError`` as ``__cause__``,
+      when no llmbrick server answered: nothing listens, the name does not
+      resolve, the TLS handshake fails (an unknown CA, no client certificate
+      for a server that requires one), the deadline passes before a connection
+      is up, a gRPC server without llmbrick's service, or the connection lost
+      before the first event.
+    * What the server reported (its status with llmbrick's ``llmbrick-error-bin``
+      trailer: unknown flow, invalid request, wrong API key, overload, a flow
+      failing midway) is the stream's one terminal ``error`` event, as with
+      ``FlowRuntime.run`` and the SSE and WebSocket clients. So is a call broken
+      after the first event (``UNAVAILABLE``) and the deadline passing while the
+      server runs the stream (``DEADLINE_EXCEEDED``; the server cancels the flow).
 
     Args:
         address: ``host:port`` (any gRPC target string).
-        timeout: default deadline in seconds for each call (``None``: none).
-        credentials: TLS channel credentials; ``None`` connects in plaintext.
-        metadata: metadata sent with every call (e.g. an authorization header).
+        api_key: sent as ``authorization: Bearer <key>`` metadata.
+        headers: metadata sent with every call (the flows see it as headers).
+        timeout: the default deadline of each call, in seconds (``None``: none).
+        tls: connect with TLS, trusting gRPC's default roots unless ``ca_file``
+            says otherwise; implied by ``ca_file`` and ``cert_file``.
+        ca_file: a PEM file of the CAs to trust (a private CA).
+        cert_file, key_file: a client certificate and its key (mutual TLS).
+        credentials: channel credentials built by hand, instead of the files.
+        metadata: more metadata, as pairs (kept for callers of earlier versions).
         options: more channel arguments; one with the key of a default replaces it.
     """
+
+    transport = "gRPC"
 
     def __init__(
         self,
         address: str,
         *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        super().__init__(
+            api_key=api_key, headers={**dict(metadata), **(headers or {})}, timeout=timeout
+        )
+        if credentials is None and (tls or ca_file is not None or cert_file is not None):
+            credentials = tls_credentials(ca_file, cert_file, key_file)
+        elif credentials is not None and (ca_file or cert_file or key_file):
+            raise ValueError("give either credentials= or the TLS files, not both")
         self.address = address
-        self.timeout = timeout
-        self.metadata = tuple(metadata)
+        #: The metadata every call carries: ``headers`` and the API key's.
+        self.metadata: tuple[tuple[str, str], ...] = tuple(self.headers.items())
         self._credentials = credentials
         self._options = tuple(options)
         self._channel: grpc.aio.Channel | None = None
         self._stub: flow_pb2_grpc.FlowServiceAsyncStub | None = None
-
-    async def __aenter__(self) -> GrpcClient:
-        self._flows()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -122,6 +158,7 @@ class GrpcClient:
         return self._channel
 
     def _flows(self) -> flow_pb2_grpc.FlowServiceAsyncStub:
+        self._check_open()
         if self._stub is None:
             self._channel = open_channel(
                 self.address, credentials=self._credentials, options=self._options
@@ -134,22 +171,25 @@ class GrpcClient:
         return self.timeout if timeout is None else timeout
 
     async def close(self) -> None:
-        """Close the channel; calls still running are cancelled."""
+        """Close the channel; calls still running end with a ``CANCELLED`` event."""
+        await self.aclose()
+
+    async def _close(self) -> None:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
 
-    async def stream(
+    def stream(
         self,
         flow: str | None,
-        request: Mapping[str, Any] | BaseModel,
+        request: FlowRequest,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees
-    ) -> AsyncGenerator[Event]:
+        timeout: float | None = None,
+    ) -> EventStream:
         """Run ``flow`` and yield its events; the last one has type ``done`` or ``error``.
 
-        Closing the generator early (``break`` inside ``aclosing``) cancels the
-        call, which cancels the flow on the server.
+        Closing the stream early (``aclose()``, or ``break`` inside ``aclosing``)
+        cancels the call, which cancels the flow on the server.
 
         Args:
             flow: the flow's name; ``None`` takes ``request["flow"]`` or ``default``.
@@ -157,41 +197,61 @@ class GrpcClient:
             timeout: deadline in seconds for the whole stream; ``None``: the client's.
 
         Raises:
-            LLMBrickError: no llmbrick server answered (the subclass names the code).
+            Unavailable: (while iterating) no llmbrick server answered.
         """
+        return self._guard(self._events(build_payload(flow, request), self._deadline(timeout)))
+
+    async def _events(
+        self, payload: dict[str, Any], deadline: float | None
+    ) -> AsyncGenerator[Event]:
         call = self._flows().Stream(
-            encode_request(_payload(flow, request)),
-            timeout=self._deadline(timeout),
-            metadata=self.metadata,
+            encode_request(payload), timeout=deadline, metadata=self.metadata
         )
-        received = 0
-        ended = False
         try:
             async for response in call:
                 for message in response.events:
-                    event = decode_event(message)
-                    received += 1
-                    ended = event["type"] == "done" or event["type"] == "error"
-                    yield event
+                    yield decode_event(message)
         except grpc.aio.AioRpcError as exc:
-            if ended:
-                return  # the terminal error event already said it; this is its status
-            answer = error_from_metadata(exc.trailing_metadata())
-            if answer is None and received == 0:
-                # No llmbrick server answered (unreachable, client deadline): an exception,
-                # as a refused connection is for the SSE and WebSocket clients.
-                raise exception_for(error_info(exc)) from None
-            # The server refused the stream, or the call broke mid-stream: one terminal
-            # error event, exactly as FlowRuntime.run and the other clients report it.
-            info = answer or error_info(exc)
-            yield {"type": "error", "error": info, "id": str(received + 1), "progress": "ERROR"}
+            error = error_from_metadata(exc.trailing_metadata())
+            if error is None:
+                raise self._failure(exc) from exc
+            # The server's own report (a refused start, or a stream it ended with a status
+            # alone): the stream's terminal event. A terminal event it already sent as a
+            # message ended the iteration above, so this one is never a second.
+            yield {"type": "error", "error": error}
+        except asyncio.CancelledError as exc:
+            # grpc.aio raises CancelledError, not a status, from a call that closing the
+            # channel cancelled; a cancel of this task itself must go on as it is.
+            task = asyncio.current_task()
+            if not self._closed or (task is not None and task.cancelling()):
+                raise
+            raise Cancelled("the client was closed") from exc
         finally:
             call.cancel()
+
+    def _failure(self, exc: grpc.aio.AioRpcError) -> LLMBrickError:
+        """What a call that ended without llmbrick's trailer means (see the class docstring)."""
+        status = exc.code()
+        what = f"{status.name}: {exc.details() or 'no details'}"
+        if status in _UNREACHED:
+            return Unavailable(f"no llmbrick gRPC server answered at {self.address}: {what}")
+        if status is grpc.StatusCode.DEADLINE_EXCEEDED:
+            if not self._connected():
+                return Unavailable(f"could not reach {self.address} before the deadline: {what}")
+            return DeadlineExceeded(f"the call's deadline passed: {what}")
+        if status is grpc.StatusCode.CANCELLED:
+            return Cancelled(f"the call was cancelled: {what}")
+        return LLMBrickError(f"the gRPC call failed: {what}", code=code_for(status))
+
+    def _connected(self) -> bool:
+        channel = self._channel
+        ready = grpc.ChannelConnectivity.READY
+        return channel is not None and channel.get_state(try_to_connect=False) is ready
 
     async def invoke(
         self,
         flow: str | None,
-        request: Mapping[str, Any] | BaseModel,
+        request: FlowRequest,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees
     ) -> InvokeResult:
@@ -201,33 +261,39 @@ class GrpcClient:
         it produced, with ``error`` set.
 
         Raises:
-            LLMBrickError: no llmbrick server answered.
+            Unavailable: no llmbrick server answered.
         """
-        events: list[Event] = []
-        async for event in self.stream(flow, request, timeout=timeout):
-            events.append(event)
-        return collect_events(events)
+        return await self._collect(self.stream(flow, request, timeout=timeout))
 
     async def invoke_unary(
         self,
         flow: str | None,
-        request: Mapping[str, Any] | BaseModel,
+        request: FlowRequest,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees
     ) -> InvokeResult:
         """Run ``flow`` with the unary ``Invoke`` call (one response message).
 
+        A flow that fails loses its events: ``events`` is then the one terminal
+        ``error`` event, and ``error`` is set.
+
         Raises:
-            LLMBrickError: the flow could not start, or failed (the events are lost).
+            Unavailable: no llmbrick server answered.
         """
         try:
             response = await self._flows().Invoke(
-                encode_request(_payload(flow, request)),
+                encode_request(build_payload(flow, request)),
                 timeout=self._deadline(timeout),
                 metadata=self.metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            raise exception_for(error_info(exc)) from None
+            error = error_from_metadata(exc.trailing_metadata())
+            if error is None:
+                failure = self._failure(exc)
+                if isinstance(failure, Unavailable):
+                    raise failure from exc
+                error = failure.to_info()
+            return {"events": [self.error_event(error)], "text": "", "error": error}
         events = [decode_event(message) for message in response.events]
         return {"events": events, "text": response.text, "error": None}
 
@@ -236,7 +302,12 @@ class GrpcClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees
     ) -> list[dict[str, Any]]:
-        """The server's flows: ``[{name, description, requestSchema}]``, like ``GET /flows``."""
+        """The server's flows: ``[{name, description, requestSchema}]``, like ``GET /flows``.
+
+        Raises:
+            Unavailable: no llmbrick server answered.
+            LLMBrickError: the server refused (``Unauthenticated``, ...) or the deadline passed.
+        """
         try:
             response = await self._flows().ListFlows(
                 flow_pb2.ListFlowsRequest(),
@@ -244,5 +315,8 @@ class GrpcClient:
                 metadata=self.metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            raise exception_for(error_info(exc)) from None
+            error = error_from_metadata(exc.trailing_metadata())
+            if error is not None:
+                raise exception_for(error) from exc
+            raise self._failure(exc) from exc
         return [decode_flow_info(item) for item in response.flows]

@@ -1,4 +1,7 @@
-"""Turning a failed gRPC call back into the llmbrick exception the server raised."""
+"""Turning a failed gRPC call back into the llmbrick error the server reported.
+
+``exception_for`` is the core's (``llmbrick.client``), named here for the callers it had.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +9,12 @@ from typing import Any
 
 import grpc
 
-from llmbrick import (
-    Cancelled,
-    DeadlineExceeded,
-    ErrorCode,
-    ErrorInfo,
-    FlowNotFound,
-    InvalidRequest,
-    LLMBrickError,
-    Overloaded,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-)
+from llmbrick import ErrorInfo
+from llmbrick.client import exception_for
 
 from .codec import code_for, error_from_metadata
 
 __all__ = ["error_info", "exception_for"]
-
-_CLASSES: dict[str, type[LLMBrickError]] = {
-    ErrorCode.INVALID_ARGUMENT: InvalidRequest,
-    ErrorCode.NOT_FOUND: FlowNotFound,
-    ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    ErrorCode.PERMISSION_DENIED: PermissionDenied,
-    ErrorCode.UNAUTHENTICATED: Unauthenticated,
-    ErrorCode.UNAVAILABLE: Unavailable,
-    ErrorCode.CANCELLED: Cancelled,
-}
 
 
 def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorInfo:
@@ -46,20 +28,3 @@ def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorInfo:
     code = status() if callable(status) else grpc.StatusCode.UNKNOWN
     message = details() if callable(details) else None
     return {"code": code_for(code), "message": message or code.name}
-
-
-def exception_for(info: ErrorInfo) -> LLMBrickError:
-    """The llmbrick exception for an error, of the class its code names when there is one."""
-    code = info["code"]
-    message = info["message"]
-    details = info.get("details")
-    if code == ErrorCode.RESOURCE_EXHAUSTED:
-        retry = details.get("retryAfter") if isinstance(details, dict) else None
-        return Overloaded(message, retry_after=retry if isinstance(retry, (int, float)) else 1.0)
-    cls = _CLASSES.get(code)
-    if cls is not None:
-        return cls(message, details=details)
-    try:
-        return LLMBrickError(message, code=code, details=details)
-    except ValueError:  # a code a flow made up: keep it in the details
-        return LLMBrickError(message, details={"code": code, "details": details})

@@ -14,7 +14,6 @@ from pydantic import BaseModel
 
 from llmbrick import (
     ChatRequest,
-    DeadlineExceeded,
     EchoLLM,
     Event,
     FlowRegistry,
@@ -383,13 +382,15 @@ async def test_a_client_deadline_cancels_the_flow(hold: Hold, client: GrpcClient
     await asyncio.wait_for(hold.finished.wait(), TIMEOUT)
 
 
-async def test_a_deadline_before_any_event_raises_and_cancels_the_flow(
+async def test_a_deadline_before_any_event_ends_the_stream_and_cancels_the_flow(
     server: GrpcServer, client: GrpcClient
 ) -> None:
     quiet = Hold(silent=True)
     server.runtime.registry.register("quiet", quiet.flow)
-    with pytest.raises(DeadlineExceeded):
-        await client.invoke("quiet", chat("x"), timeout=0.2)
+    # The server had the stream, so the client's deadline is its terminal event.
+    result = await client.invoke("quiet", chat("x"), timeout=0.2)
+    assert result["error"] is not None and result["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert [event["id"] for event in result["events"]] == ["1"]
     await asyncio.wait_for(quiet.finished.wait(), TIMEOUT)
     assert quiet.started.is_set()
 
