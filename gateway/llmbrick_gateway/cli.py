@@ -252,6 +252,22 @@ def _parser() -> argparse.ArgumentParser:
         "--message replaces its messages",
     )
     call.add_argument("--events", action="store_true", help="print every event as JSON")
+    call.add_argument(
+        "--api-key",
+        default=_env("API_KEY"),
+        help="sent as 'Authorization: Bearer KEY' (default: the LLMBRICK_API_KEY variable)",
+    )
+    call.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="an HTTP header (gRPC: metadata) to send, e.g. 'x-request-id: r1' (repeatable)",
+    )
+    call.add_argument(
+        "--ca-file",
+        help="a PEM file of the CAs to trust for https://, wss:// and grpcs:// (a private CA)",
+    )
     call.add_argument("--debug", action="store_true", default=_debug_default(), help=_DEBUG)
     return parser
 
@@ -563,20 +579,44 @@ async def _call(args: argparse.Namespace) -> int:
         importlib.import_module(_CLIENT_ADAPTERS[target.transport])
     except ImportError as exc:
         raise _Failure(f"calling {target.scheme}:// URLs: {exc}", _EXIT_USAGE) from exc
+    headers: dict[str, str] = {}
+    for text in args.header:
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip():
+            raise _Failure(
+                f"--header {text!r}: give NAME:VALUE, e.g. 'x-request-id: r1'", _EXIT_USAGE
+            )
+        headers[name.strip()] = value.strip()
+    if args.ca_file is not None and not os.path.isfile(args.ca_file):  # noqa: ASYNC240 - nothing else runs yet
+        raise _Failure(f"--ca-file {args.ca_file}: no such file", _EXIT_USAGE)
     printer = _Printer(args.events)
     try:
-        async with connect(args.url) as client:
-            async for event in client.stream(flow, request):
-                printer.show(event)
-                if event["type"] == "error":
-                    printer.end_line()
-                    error = event["error"]
-                    hint = _path_hint(target, error)
-                    print(f"error {error['code']}: {error['message']}{hint}", file=sys.stderr)
-                    return _EXIT_FAILED
+        async with connect(
+            args.url, api_key=args.api_key or None, headers=headers, ca_file=args.ca_file
+        ) as client:
+            stream = client.stream(flow, request)
+            try:
+                async for event in stream:
+                    printer.show(event)
+                    if event["type"] == "error":
+                        printer.end_line()
+                        error = event["error"]
+                        hint = _path_hint(target, error)
+                        print(f"error {error['code']}: {error['message']}{hint}", file=sys.stderr)
+                        return _EXIT_FAILED
+            finally:
+                await stream.aclose()
     except Exception as exc:
         printer.end_line()
-        failure = _unreachable(exc, target, printer.received)
+        if isinstance(exc, ValueError) and not isinstance(exc, LLMBrickError):
+            # An option the client refused (a header it cannot send, a CA file for http://).
+            raise _Failure(str(exc), _EXIT_USAGE) from exc
+        # A client that reached no server raises Unavailable from the transport's own error;
+        # the wording reads that error (gRPC's status text is in the Unavailable itself).
+        cause = exc.__cause__ if isinstance(exc, LLMBrickError) else None
+        seen = cause if cause is not None and target.transport != "grpc" else exc
+        failure = _unreachable(seen, target, printer.received)
+        failure = failure or _unreachable(exc, target, printer.received)
         if failure is None:
             raise
         raise failure from exc

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel
-
-from llmbrick import Event, InvokeResult
+from llmbrick.client import FlowClient
 
 __all__ = ["FlowClient", "Target", "connect", "parse_url"]
 
-_SCHEMES = {"http": "sse", "https": "sse", "ws": "websocket", "wss": "websocket", "grpc": "grpc"}
+_SCHEMES = {
+    "http": "sse",
+    "https": "sse",
+    "ws": "websocket",
+    "wss": "websocket",
+    "grpc": "grpc",
+    "grpcs": "grpc",
+}
+_TLS_SCHEMES = frozenset({"https", "wss", "grpcs"})
 _FORMS = "http://HOST:PORT (SSE), ws://HOST:PORT/ws (WebSocket) or grpc://HOST:PORT (gRPC)"
-
-
-class FlowClient(Protocol):
-    """What every llmbrick client offers; each returns the same event dicts."""
-
-    def stream(self, flow: str, request: Mapping[str, Any] | BaseModel) -> AsyncIterator[Event]: ...
-
-    async def invoke(self, flow: str, request: Mapping[str, Any] | BaseModel) -> InvokeResult: ...
 
 
 class Target(NamedTuple):
@@ -35,7 +33,7 @@ class Target(NamedTuple):
 
     Attributes:
         transport: ``"sse"``, ``"websocket"`` or ``"grpc"``.
-        scheme: the URL's scheme, lower case.
+        scheme: the URL's scheme, lower case (``https``, ``wss`` and ``grpcs`` use TLS).
         address: ``host:port`` as written (brackets kept for IPv6).
         path: the endpoint's path (``/chat/completions``, ``/ws``; empty for gRPC).
     """
@@ -66,9 +64,11 @@ def parse_url(url: str) -> Target:
     transport = _SCHEMES[scheme]
     if transport == "grpc":
         if port is None:
-            raise ValueError(f"bad URL {url!r}: a gRPC URL needs its port, e.g. grpc://HOST:50051")
+            raise ValueError(
+                f"bad URL {url!r}: a gRPC URL needs its port, e.g. {scheme}://HOST:50051"
+            )
         if parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"bad URL {url!r}: a gRPC URL has no path; give grpc://HOST:PORT")
+            raise ValueError(f"bad URL {url!r}: a gRPC URL has no path; give {scheme}://HOST:PORT")
         path = ""
     elif transport == "sse":
         path = parts.path.rstrip("/") or "/chat/completions"
@@ -80,27 +80,84 @@ def parse_url(url: str) -> Target:
 
 
 @asynccontextmanager
-async def connect(url: str) -> AsyncIterator[FlowClient]:
-    """Connect to a gateway: ``http(s)://host:port[/path]`` for SSE, ``ws(s)://host:port/ws``
-    for WebSocket, ``grpc://host:port`` for gRPC.
+async def connect(
+    url: str,
+    *,
+    api_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - each client applies it its own way
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> AsyncIterator[FlowClient]:
+    """A client of the server at ``url``, closed when the block ends.
+
+    ``http(s)://host:port[/path]`` gives an ``SSEClient``, ``ws(s)://host:port/ws``
+    a ``WebSocketClient``, ``grpc(s)://host:port`` a ``GrpcClient``: each has
+    ``stream(flow, request)``, ``invoke(flow, request)`` and ``list_flows()``,
+    returns the same event dicts, and follows the same error policy (see
+    :class:`llmbrick.client.FlowClient`): ``Unavailable`` when no server can be
+    reached, the stream's terminal ``error`` event for everything else.
+
+    Args:
+        url: where the server listens; ``https``, ``wss`` and ``grpcs`` use TLS.
+        api_key: sent as ``Authorization: Bearer <key>``.
+        headers: HTTP headers (for WebSocket, on the handshake) or gRPC metadata.
+        timeout: seconds: to connect and between reads (SSE; default 60), for the
+            handshakes (WebSocket; default 10), the deadline of each call (gRPC;
+            default none).
+        ca_file: a PEM file of the CAs to trust (a private CA), for a TLS scheme.
+        cert_file, key_file: a client certificate and its key (mutual TLS).
 
     Raises:
-        ValueError: the URL is malformed or its scheme is none of those.
+        ValueError: the URL is malformed or its scheme is none of those, or TLS
+            files are given for a plaintext scheme.
         ImportError: the scheme's extra is not installed (the message names it).
     """
     target = parse_url(url)
+    if target.scheme not in _TLS_SCHEMES and (ca_file or cert_file or key_file):
+        raise ValueError(
+            f"TLS files are for https://, wss:// and grpcs:// URLs, not {target.scheme}://"
+        )
+    client: FlowClient
     if target.transport == "sse":
         from llmbrick_sse import SSEClient
 
-        async with SSEClient(f"{target.scheme}://{target.address}", path=target.path) as sse:
-            yield sse
+        client = SSEClient(
+            f"{target.scheme}://{target.address}",
+            path=target.path,
+            api_key=api_key,
+            headers=headers,
+            timeout=60.0 if timeout is None else timeout,
+            read_timeout=60.0 if timeout is None else timeout,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
     elif target.transport == "websocket":
-        from llmbrick_websocket import connect as websocket_connect
+        from llmbrick_websocket import WebSocketClient
 
-        async with websocket_connect(f"{target.scheme}://{target.address}{target.path}") as ws:
-            yield ws
+        client = WebSocketClient(
+            f"{target.scheme}://{target.address}{target.path}",
+            api_key=api_key,
+            headers=headers,
+            timeout=10.0 if timeout is None else timeout,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
     else:
         from llmbrick_grpc import GrpcClient
 
-        async with GrpcClient(target.address) as grpc:
-            yield grpc
+        client = GrpcClient(
+            target.address,
+            api_key=api_key,
+            headers=headers,
+            timeout=timeout,
+            tls=target.scheme == "grpcs",
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+    async with client:
+        yield client
