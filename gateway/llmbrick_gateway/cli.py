@@ -28,9 +28,21 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NoReturn
 
-from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, as_runtime
+from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, Unavailable, as_runtime
 
+from ._command import EXIT_FAILED as _EXIT_FAILED
+from ._command import EXIT_USAGE as _EXIT_USAGE
+from ._command import Failure as _Failure
+from ._command import count as _count
+from ._command import env as _env
+from ._command import help_default as _default
+from ._command import port as _port
+from ._command import positive_float as _positive_float
+from ._command import seconds as _seconds
+from ._listen import bind_http, reserve_shared_port
+from ._options import ServeSettings, add_serve_options, refuse_unshared_store
 from ._transports import TRANSPORTS, installed_transports, require_transport
+from ._workers import Supervisor, WorkerSpec, run_worker, worker_spec
 from .client import Target, connect, parse_url
 from .demo import demo_pipeline
 from .gateway import Gateway
@@ -38,8 +50,6 @@ from .loader import TargetError, load_target
 
 __all__ = ["main"]
 
-_EXIT_FAILED = 1
-_EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
 
 # The adapter a client of each transport imports (see client.connect).
@@ -50,14 +60,6 @@ _CLIENT_ADAPTERS = {
 }
 
 
-class _Failure(Exception):
-    """A mistake to report as one line (``message``) with exit code ``code``."""
-
-    def __init__(self, message: str, code: int = _EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line pointing at ``--help``."""
 
@@ -65,50 +67,6 @@ class _Parser(argparse.ArgumentParser):
         # argparse says "argument --http-port: ..."; the option name alone reads better.
         message = message.removeprefix("argument ")
         self.exit(_EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"LLMBRICK_{name}", default)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 0 to 65535")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def _transports(text: str) -> tuple[str, ...]:
@@ -121,12 +79,6 @@ def _transports(text: str) -> tuple[str, ...]:
 
 def _debug_default() -> bool:
     return _env("DEBUG", "") in ("1", "true", "yes")
-
-
-def _default(name: str, otherwise: str | None = None, example: str = "") -> str:
-    """``(default: X; LLMBRICK_NAME)`` for a help text: the variable's value if set."""
-    shown = "%(default)s" if otherwise is None or _env(name) else otherwise
-    return f"(default: {shown}; LLMBRICK_{name}{example})"
 
 
 _DEBUG = "show the traceback behind an error message " + _default("DEBUG", "off", "=1")
@@ -211,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="send internal error text to clients (never in production) and show tracebacks "
         + _default("DEBUG", "off", "=1"),
     )
+    add_serve_options(serve)
 
     flows = commands.add_parser(
         "flows",
@@ -355,6 +308,45 @@ def _check_port(host: str, port: int, option: str, label: str) -> None:
         raise _bind_failure(host, port, option, label, problems[0]) from problems[0]
 
 
+def _logging(level: str, processes: bool) -> None:
+    # With workers, several processes write to one stderr: each line names its process.
+    name = "%(name)s[%(process)d]" if processes else "%(name)s"
+    logging.basicConfig(
+        level=level.upper(), format=f"%(asctime)s %(levelname)s {name}: %(message)s"
+    )
+
+
+def _supervise(args: argparse.Namespace, settings: ServeSettings, http: bool, grpc: bool) -> int:
+    """``serve --workers N``: bind the ports once, then run N workers on them (see _workers)."""
+    host, http_port, grpc_port = args.host, int(args.http_port), int(args.grpc_port)
+    _logging(args.log_level, processes=True)
+    held: list[socket.socket] = []
+    try:
+        listening = []
+        if http:
+            try:
+                listening = bind_http(host, http_port)
+            except OSError as exc:
+                raise _bind_failure(
+                    host, http_port, "--http-port", "HTTP: SSE and WebSocket", exc
+                ) from exc
+            held += listening
+        shared = 0
+        if grpc:
+            try:
+                reserved = reserve_shared_port(host, grpc_port)
+            except OSError as exc:
+                raise _bind_failure(host, grpc_port, "--grpc-port", "gRPC", exc) from exc
+            held += reserved
+            shared = reserved[0].getsockname()[1]
+        # Each worker runs this very command line, as a fresh interpreter.
+        command = [sys.executable, "-m", "llmbrick_gateway", *args.argv]
+        return asyncio.run(Supervisor(command, settings.workers, listening, shared).run())
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     transports = _chosen_transports(args.transports)
     http = "sse" in transports or "websocket" in transports
@@ -365,20 +357,28 @@ def _serve(args: argparse.Namespace) -> int:
             f"--http-port and --grpc-port are both {http_port}: give them different ports",
             _EXIT_USAGE,
         )
+    settings = ServeSettings.from_args(args)  # TLS files, keys, store: before anything runs
+    http_settings = settings.http_settings(host) if http else None
+    worker = worker_spec()
+    if worker is None and settings.workers > 1:
+        return _supervise(args, settings, http, grpc)
     runtime = _load(args.target)  # the app's own mistakes first, as uvicorn reports them
-    if http:
-        _check_port(host, http_port, "--http-port", "HTTP: SSE and WebSocket")
-    if grpc:
-        _check_port(host, grpc_port, "--grpc-port", "gRPC")
+    if worker is None:  # a worker's ports are its supervisor's, already bound
+        if http:
+            _check_port(host, http_port, "--http-port", "HTTP: SSE and WebSocket")
+        if grpc:
+            _check_port(host, grpc_port, "--grpc-port", "gRPC")
+    else:
+        grpc_port = worker.grpc_port
     if args.max_streams is not None:
         runtime.max_streams = int(args.max_streams)
     if args.timeout is not None:
         runtime.timeout = float(args.timeout)
     runtime.debug = runtime.debug or args.debug
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    settings.apply(runtime)
+    if worker is not None:
+        refuse_unshared_store(runtime, worker.workers)
+    _logging(args.log_level, processes=worker is not None)
     gateway = Gateway(
         runtime,
         host=host,
@@ -387,9 +387,20 @@ def _serve(args: argparse.Namespace) -> int:
         transports=transports,
         drain_timeout=float(args.drain_timeout),
         log_level=args.log_level,
+        http=http_settings,
+        tls=settings.tls,
+        openai=settings.openai,
+        ui=settings.ui,
+        playground=settings.playground,
+        sse=settings.sse,
+        sockets=worker.sockets() if worker is not None and http else None,
+        reuse_port=worker is not None,
+        out=sys.stdout if worker is None else None,
     )
     try:
-        gateway.run()
+        _run_gateway(gateway, worker)
+    except Unavailable as exc:
+        raise _Failure(f"the stream store cannot be used: {exc}", _EXIT_USAGE) from exc
     # Only when another process took a port between _check_port and the bind.
     except OSError as exc:
         raise _bind_failure(host, http_port, "--http-port", "HTTP: SSE and WebSocket", exc) from exc
@@ -401,6 +412,18 @@ def _serve(args: argparse.Namespace) -> int:
             "port with --grpc-port (0 picks a free one)"
         ) from exc
     return 0
+
+
+def _run_gateway(gateway: Gateway, worker: WorkerSpec | None) -> None:
+    if worker is None:
+        gateway.run()
+        return
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with the extras
+        asyncio.run(run_worker(gateway, worker))
+    else:
+        uvloop.run(run_worker(gateway, worker))
 
 
 def _flows(args: argparse.Namespace) -> int:
@@ -636,6 +659,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers runs again
     try:
         return _COMMANDS[args.command](args)
     except _Failure as failure:

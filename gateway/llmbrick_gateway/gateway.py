@@ -29,7 +29,7 @@ from ._transports import TRANSPORTS, require_transport
 # an installation with one extra runs that transport (see _transports).
 if TYPE_CHECKING:
     import grpc as grpc_lib
-    from litestar import Litestar
+    from litestar import Litestar, Router
 
     from llmbrick_grpc import GrpcServer
     from llmbrick_http import HttpServer, HttpSettings
@@ -244,7 +244,8 @@ class Gateway:
         handlers.extend(routes)
         return build_app(handlers, self.http)
 
-    def _websocket_router(self, websocket: dict[str, Any]) -> Any:
+    def _websocket_router(self, websocket: dict[str, Any]) -> Router:
+        """The WebSocket route, and the uvicorn options its limits need (size, pings)."""
         from llmbrick_websocket import create_router
 
         assert self.http is not None
