@@ -529,8 +529,7 @@ def test_payloads_and_error_bodies() -> None:
 
 KEYED_APP = textwrap.dedent(
     """
-    import os
-    from llmbrick import ApiKeyAuth, EchoLLM, FlowRegistry, FlowRuntime, Pipeline, current_context
+    from llmbrick import EchoLLM, FlowRegistry, Pipeline, current_context
 
     registry = FlowRegistry()
     registry.register("default", Pipeline().add_brick(EchoLLM()))
@@ -539,16 +538,15 @@ KEYED_APP = textwrap.dedent(
     async def whoami(request):
         context = current_context()
         yield {"type": "text", "text": f"{context.principal.id} {context.headers.get('x-who')}"}
-
-    runtime = FlowRuntime(registry, authenticator=ApiKeyAuth(os.environ["APP_KEYS"].split(",")))
     """
 )
 
 
 async def test_call_sends_an_api_key_and_headers(tmp_path: Path) -> None:
     (tmp_path / "keyed.py").write_text(KEYED_APP)
-    env = {"APP_KEYS": "k-right name=cli"}
-    async with gateway(f"{tmp_path / 'keyed.py'}:runtime", env=env) as served:
+    # llmbrick serve turns API keys on from LLMBRICK_API_KEYS.
+    env = {"LLMBRICK_API_KEYS": "k-right name=cli"}
+    async with gateway(str(tmp_path / "keyed.py"), env=env) as served:
         urls = (served.http, served.urls["WebSocket"], served.urls["gRPC"])
         clean = {k: v for k, v in os.environ.items() if k != "LLMBRICK_API_KEY"}
         for url in urls:
