@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -170,8 +171,10 @@ async def test_a_grpc_only_deployment_serves_metrics_on_a_port_of_its_own() -> N
 
 
 async def test_the_metrics_server_closes_idle_connections_and_refuses_garbage() -> None:
+    threads = threading.enumerate()
     registry = CollectorRegistry()
     server = await serve_metrics(registry, "127.0.0.1", 0, path="/m")
+    assert threading.enumerate() == threads  # it runs on this loop, not in a thread
     assert server.url == f"http://127.0.0.1:{server.port}/m"
     idle_reader, idle_writer = await asyncio.open_connection(server.host, server.port)
     reader, writer = await asyncio.open_connection(server.host, server.port)
