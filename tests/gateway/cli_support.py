@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -20,28 +21,90 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMAND = (sys.executable, "-m", "llmbrick_gateway")
 
 
-class Served:
-    """A gateway subprocess and the endpoint URLs it printed (``SSE``, ``gRPC``, ...)."""
+class _Lines:
+    """Every line a stream gives, read as it comes, so a test can wait for one.
 
-    def __init__(self, process: asyncio.subprocess.Process, urls: dict[str, str]) -> None:
+    Reading all the time also keeps the pipe from filling up and stalling the
+    gateway when it logs a lot.
+    """
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            async with self._changed:
+                self.lines.append(line.decode(errors="replace"))
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    async def match(
+        self, pattern: str, after: int = 0, *, seconds: float = TIMEOUT
+    ) -> re.Match[str]:
+        """The first line from index ``after`` on matching ``pattern``, waiting for it."""
+
+        def found() -> re.Match[str] | None:
+            for line in self.lines[after:]:
+                matched = re.search(pattern, line)
+                if matched is not None:
+                    return matched
+            return None
+
+        async with asyncio.timeout(seconds), self._changed:
+            while (matched := found()) is None:
+                if self._task.done():
+                    raise AssertionError(f"no line matched {pattern!r}:\n{self.text}")
+                await self._changed.wait()
+            return matched
+
+    async def finish(self) -> str:
+        await asyncio.wait_for(self._task, TIMEOUT)
+        return self.text
+
+
+class Served:
+    """A gateway subprocess, the URLs it printed (``SSE``, ``gRPC``, ...), and its stderr."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, urls: dict[str, str], banner: list[str]
+    ) -> None:
+        assert process.stderr is not None
         self.process = process
         self.urls = urls
+        #: Every line printed before the gateway said it was ready.
+        self.banner = banner
+        self.stderr = _Lines(process.stderr)
 
     @property
     def http(self) -> str:
-        """``http://host:port`` of the SSE and WebSocket port."""
+        """``http://host:port`` (or ``https://``) of the SSE and WebSocket port."""
         return self.urls["health"].removesuffix("/healthz")
 
     @property
     def grpc_address(self) -> str:
         """``host:port`` of the gRPC port."""
-        return self.urls["gRPC"].removeprefix("grpc://")
+        return self.urls["gRPC"].split("://", 1)[1]
 
-    async def stop(self) -> tuple[int, str]:
-        """SIGTERM, then the exit code and everything the gateway wrote to stderr."""
-        self.process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(self.process.communicate(), TIMEOUT)
-        return self.process.returncode or 0, stderr.decode()
+    async def logged(self, pattern: str, after: int = 0) -> re.Match[str]:
+        """Wait until the gateway logs a line matching ``pattern`` (bounded by TIMEOUT)."""
+        return await self.stderr.match(pattern, after)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send ``sig``, then the exit code and everything the gateway wrote to stderr."""
+        self.process.send_signal(sig)
+        return await self.wait()
+
+    async def wait(self) -> tuple[int, str]:
+        """Wait for the exit: the exit code and everything written to stderr."""
+        await asyncio.wait_for(self.process.wait(), TIMEOUT)
+        return self.process.returncode or 0, await self.stderr.finish()
 
 
 @asynccontextmanager
@@ -51,10 +114,12 @@ async def gateway(
     command: Sequence[str] = COMMAND,
     cwd: Path = ROOT,
     base_env: Mapping[str, str] = os.environ,
+    start_timeout: float = TIMEOUT,
 ) -> AsyncIterator[Served]:
     """``llmbrick serve *args`` on free ports, yielded once it printed its endpoints.
 
-    The environment is ``base_env`` updated with ``env``.
+    The environment is ``base_env`` updated with ``env``. ``start_timeout`` bounds
+    the wait for the endpoints (workers start one interpreter after another).
     """
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -67,22 +132,40 @@ async def gateway(
     )
     assert process.stdout is not None and process.stderr is not None
     urls: dict[str, str] = {}
+    banner: list[str] = []
+    served: Served | None = None
     try:
-        while True:
-            line = (await asyncio.wait_for(process.stdout.readline(), TIMEOUT)).decode()
-            if not line:
-                error = await asyncio.wait_for(process.stderr.read(), TIMEOUT)
-                raise AssertionError(f"the gateway exited before it was ready: {error.decode()}")
-            if line.startswith("Press Ctrl+C"):
-                break
-            parts = line.split()
-            if len(parts) == 2:
-                urls[parts[0]] = parts[1]
-        yield Served(process, urls)
+        async with asyncio.timeout(start_timeout):
+            while True:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    error = await asyncio.wait_for(process.stderr.read(), TIMEOUT)
+                    raise AssertionError(
+                        f"the gateway exited before it was ready: {error.decode()}"
+                    )
+                banner.append(line.rstrip("\n"))
+                if line.startswith("Press Ctrl+C"):
+                    break
+                parts = line.split()
+                if len(parts) == 2:
+                    urls[parts[0]] = parts[1]
+        served = Served(process, urls, banner)
+        yield served
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            # With workers, the supervisor's SIGKILL would leave them running: let it stop them.
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        # Read both pipes to their end, so that no transport is left open.
+        await asyncio.wait_for(process.stdout.read(), TIMEOUT)
+        if served is not None:
+            await served.stderr.finish()
+        else:
+            await asyncio.wait_for(process.stderr.read(), TIMEOUT)
 
 
 async def run(

@@ -185,13 +185,37 @@ async def test_serve_help_shows_every_default() -> None:
         "--drain-timeout",
         "--log-level",
         "--debug",
+        "--workers",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--api-keys-file",
+        "--max-streams-per-key",
+        "--rate-per-key",
+        "--store",
+        "--grace",
+        "--max-connections",
+        "--max-header-bytes",
+        "--header-timeout",
+        "--body-timeout",
+        "--keep-alive-timeout",
+        "--max-body-size",
+        "--ping-interval",
+        "--allowed-host",
+        "--cors-origin",
+        "--no-openai",
+        "--no-ui",
+        "--no-playground",
     }, shown
     for name, text in shown.items():
         if name != "-h,":
             assert "(default: " in text, text
+            assert "; LLMBRICK_" in text, text
     assert "(default: 8000; LLMBRICK_HTTP_PORT)" in shown["--http-port"]
     assert "(default: every transport whose extra is installed;" in shown["--transports"]
     assert "(default: the built-in demo, a guard and an echo LLM;" in shown["target"]
+    assert "(default: 15; LLMBRICK_PING_INTERVAL)" in shown["--ping-interval"]
+    assert "(default: 1; LLMBRICK_WORKERS)" in shown["--workers"]
 
 
 async def test_an_import_error_in_the_app_shows_the_users_frames_only(tmp_path: Path) -> None:
