@@ -13,16 +13,13 @@ every scenario:
   the file ``metadata.marker``, so a test sees the flow was cancelled when its client
   went away.
 
-Run as a script (``python tests/deploy/app.py PING_INTERVAL``), it serves the same flows
-with the same ``Gateway`` that ``llmbrick serve`` builds, but with SSE pings every
-``PING_INTERVAL`` seconds: ``llmbrick serve`` has no option for the ping interval yet, and
-the keepalive test scales the proxy's 60 s read timeout down to seconds.
+The keepalive test serves it with ``--ping-interval``, to scale the proxy's 60 s read
+timeout and the gateway's 15 s pings down to seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -76,18 +73,3 @@ async def hanging(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         raise
     finally:
         Path(_meta(request)["marker"]).write_text(outcome)  # noqa: ASYNC240 - a few bytes
-
-
-if __name__ == "__main__":
-    import logging
-
-    from llmbrick_gateway import Gateway
-
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Gateway(
-        registry,
-        http_port=0,
-        grpc_port=0,
-        drain_timeout=1.0,
-        sse={"ping_interval": float(sys.argv[1])},
-    ).run()

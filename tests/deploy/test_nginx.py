@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -179,7 +178,7 @@ async def test_a_silent_stream_outlives_the_read_timeout_thanks_to_sse_pings(
 ) -> None:
     # As in production (pings every 15 s, proxy_read_timeout 60 s, a 90 s silence), but
     # scaled: pings every 0.5 s, a 2 s read timeout and 5 s of silence.
-    command = [sys.executable, str(APP), str(SCALED_PING_INTERVAL)]
+    command = [*SERVE, f"{APP}:registry", "--ping-interval", str(SCALED_PING_INTERVAL)]
     async with (
         gateway(*command, log=tmp_path / "gateway.log") as upstream,
         proxy_for(upstream, read_timeout=SCALED_READ_TIMEOUT) as proxy,
