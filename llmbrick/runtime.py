@@ -98,6 +98,7 @@ class FlowRuntime:
             )
         if not grace > 0:
             raise ValueError(f"grace must be positive, got {grace!r}")
+        self._store: StreamStore | None = None
         self.store = store
         self.on_disconnect = on_disconnect
         self.grace = grace
@@ -105,6 +106,23 @@ class FlowRuntime:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def store(self) -> StreamStore | None:
+        """Where streams are kept (``None``: nowhere; nothing can be resumed)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: StreamStore | None) -> None:
+        self._store = store
+        if store is not None:
+            # Another instance asked (through a shared store) to cancel one of ours.
+            store.on_cancel(self._cancel_here)
+
+    def _cancel_here(self, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.cancel()
 
     @property
     def active_streams(self) -> int:

@@ -113,7 +113,7 @@ class StreamLog:
 
     __slots__ = (
         "_base",
-        "_changed",
+        "_waiters",
         "_ends",
         "_events",
         "_first",
@@ -141,7 +141,9 @@ class StreamLog:
         self._base = 0
         self._first = 1  # the sequence number of _events[0]
         self._readers: list[_Reader] = []
-        self._changed: asyncio.Future[None] | None = None
+        # One future per waiting reader: a reader cancelled while it waits must not
+        # cancel the others' wait (a shared future would be cancelled with it).
+        self._waiters: list[asyncio.Future[None]] = []
         self._room: asyncio.Future[None] | None = None
         self.finished = False
         self.finished_at: float | None = None
@@ -183,11 +185,12 @@ class StreamLog:
             self.finished_at = time.monotonic()
         elif len(self._events) > self.max_events or self._total - self._base > self.max_bytes:
             self._trim()
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            if not changed.done():
-                changed.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _trim(self) -> None:
         # Drop the oldest events beyond the bounds, but never the newest one.
@@ -253,10 +256,9 @@ class StreamLog:
         return _Reader(self, after + 1).iterate()
 
     def _wait(self) -> asyncio.Future[None]:
-        changed = self._changed
-        if changed is None or changed.done():
-            changed = self._changed = asyncio.get_running_loop().create_future()
-        return changed
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
 
 class _Reader:

@@ -6,7 +6,10 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmbrick import ChatRequest, Event
 
 #: One unit for every timeout in the suite, so a slow machine needs one change.
 TIMEOUT = 10.0
@@ -135,3 +138,27 @@ async def quiescent(count: Callable[[], int], turns: int = 200) -> int:
         if still >= turns:
             return last
     raise AssertionError(f"the flow never stopped producing ({last} events)")
+
+
+class Gate:
+    """A flow of ``count`` texts that waits at ``hold`` for ``release``; records its end."""
+
+    def __init__(self, count: int = 6, hold: int = 3) -> None:
+        self.count = count
+        self.hold = hold
+        self.release = asyncio.Event()
+        self.ended: list[str] = []
+        self.done = asyncio.Event()
+
+    async def flow(self, request: ChatRequest) -> AsyncIterator[Event]:
+        try:
+            for n in range(1, self.count + 1):
+                if n == self.hold:
+                    await self.release.wait()
+                yield {"type": "text", "text": f"t{n}"}
+            self.ended.append("done")
+        except asyncio.CancelledError:
+            self.ended.append("cancelled")
+            raise
+        finally:
+            self.done.set()

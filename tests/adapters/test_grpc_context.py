@@ -25,8 +25,7 @@ from llmbrick_grpc.codec import error_from_metadata
 from llmbrick_grpc.stubs import flow_pb2, flow_pb2_grpc
 from llmbrick_sse import SSEServer
 from tests.adapters.grpc_support import running
-from tests.adapters.test_sse_resume import Gate
-from tests.support import TIMEOUT, quiescent, serve_asgi
+from tests.support import TIMEOUT, Gate, quiescent, serve_asgi
 
 HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,40 +11,14 @@ from httpx_sse import aconnect_sse
 
 from llmbrick import (
     ApiKeyAuth,
-    ChatRequest,
-    Event,
     FlowRegistry,
     FlowRuntime,
     MemoryStore,
 )
 from llmbrick_sse import SSEServer
-from tests.support import TIMEOUT, parse_sse, serve_asgi
+from tests.support import TIMEOUT, Gate, parse_sse, serve_asgi
 
 HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-class Gate:
-    """A flow of ``count`` texts that waits at ``hold`` for ``release``; records its end."""
-
-    def __init__(self, count: int = 6, hold: int = 3) -> None:
-        self.count = count
-        self.hold = hold
-        self.release = asyncio.Event()
-        self.ended: list[str] = []
-        self.done = asyncio.Event()
-
-    async def flow(self, request: ChatRequest) -> AsyncIterator[Event]:
-        try:
-            for n in range(1, self.count + 1):
-                if n == self.hold:
-                    await self.release.wait()
-                yield {"type": "text", "text": f"t{n}"}
-            self.ended.append("done")
-        except asyncio.CancelledError:
-            self.ended.append("cancelled")
-            raise
-        finally:
-            self.done.set()
 
 
 def serving(gate: Gate, **runtime_options: Any) -> SSEServer:

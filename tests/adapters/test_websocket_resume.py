@@ -11,9 +11,9 @@ from llmbrick import FlowRegistry, FlowRuntime, MemoryStore
 from llmbrick_http import HttpSettings, build_app
 from llmbrick_sse import create_http_routers
 from llmbrick_websocket import create_router
-from tests.adapters.test_sse_resume import Gate, texts
+from tests.adapters.test_sse_resume import texts
 from tests.adapters.websocket_support import chat, collect, raw, recv, send
-from tests.support import TIMEOUT, parse_sse, serve_asgi
+from tests.support import TIMEOUT, Gate, parse_sse, serve_asgi
 
 
 def app(gate: Gate) -> Any:

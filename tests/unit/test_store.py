@@ -254,3 +254,22 @@ async def test_an_explicit_cancel_ends_the_stream_for_its_reader_and_keeps_the_o
         assert log[-1] == "finally" and "ended" not in log
         with pytest.raises(FlowNotFound):
             await runtime.cancel("not-a-stream", context=RequestContext())
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_the_others_waiting() -> None:
+    log = new_log()
+    results: list[str] = []
+
+    async def read() -> None:
+        async for event in log.follow(0):
+            results.append(event["id"])
+
+    first, second = asyncio.create_task(read()), asyncio.create_task(read())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait([first])
+    log.append(text(1), 10)
+    log.append(done(2), 10)
+    await asyncio.wait_for(second, 1)
+    assert results == ["1", "2"]
