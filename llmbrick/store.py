@@ -113,13 +113,13 @@ class StreamLog:
 
     __slots__ = (
         "_base",
-        "_waiters",
         "_ends",
         "_events",
         "_first",
         "_readers",
         "_room",
         "_total",
+        "_waiters",
         "finished",
         "finished_at",
         "max_bytes",
