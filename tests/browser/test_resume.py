@@ -30,19 +30,7 @@ from tests.support import TIMEOUT, serve_asgi
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 #: The transports with a Drop control.
-RESUMING = [
-    pytest.param(
-        "sse",
-        marks=pytest.mark.xfail(
-            strict=False,
-            reason="llmbrick.store: readers await one shared future (StreamLog._wait), so the "
-            "dropped request's reader, cancelled when the server sees it go, cancels the "
-            "resumed reader's wait too when the resume arrives first (needs asyncio.shield)",
-        ),
-    ),
-    "eventsource",
-    "websocket",
-]
+RESUMING = ["sse", "eventsource", "websocket"]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
