@@ -243,6 +243,7 @@ async def _websocket_disconnect(proxy: Proxy, marker: Path) -> None:
     start = {"type": "start", "id": "1", "request": {"flow": "hanging", **request(marker=marker)}}
     async with websocket_connect(proxy.url("websocket")) as socket:
         await socket.send(json.dumps(start))
+        assert json.loads(await socket.recv())["type"] == "started"  # the server's reply
         assert json.loads(await socket.recv())["event"]["text"] == "started"
 
 
