@@ -24,9 +24,10 @@ import pytest
 import pytest_asyncio
 
 from llmbrick_grpc import GrpcClient
-from tests.components import free_port
+from llmbrick_redis import RedisStore
+from tests.components import free_port, redis_server, wait_for
 from tests.gateway.cli_support import Served, gateway, run
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, parse_sse
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -250,6 +251,50 @@ async def test_memory_store_with_workers_is_refused(tmp_path: Path) -> None:
         "--workers 2 a resume can reach another worker: use a shared store (--store "
         "redis://HOST:PORT/DB) or --workers 1\n"
     )
+
+
+async def kept_in(url: str, stream_id: str) -> list[dict[str, Any]]:
+    """A stream's events as the Redis store at ``url`` has them, once it has them all."""
+    store = RedisStore.from_url(url)
+    await store.open()
+    try:
+
+        async def written() -> bool:
+            return await store.lookup(stream_id) is not None
+
+        await wait_for(written, f"stream {stream_id} in Redis")
+        record = await store.lookup(stream_id)
+        assert record is not None
+        async with asyncio.timeout(TIMEOUT):  # follows the stream until its terminal event
+            return [dict(event) async for event in store.remote(record, 0)]
+    finally:
+        await store.aclose()
+
+
+async def test_with_a_shared_store_a_stream_resumes_on_another_worker() -> None:
+    async with (
+        redis_server() as redis,
+        gateway(APP, "--workers", "2", "--store", redis.url, start_timeout=START) as served,
+        httpx.AsyncClient(base_url=served.http, timeout=TIMEOUT) as client,
+    ):
+        answer = await client.post("/chat/completions", json=request("pid"))
+        ran = [data for _, _, data in parse_sse(answer.text)]
+        runner = int(ran[0]["text"])
+        # Writes to Redis trail the answer by a loop turn or so: read the stream back as
+        # another instance would, so that killing its worker next loses nothing.
+        assert await kept_in(redis.url, answer.headers["x-llmbrick-stream-id"]) == ran
+        mark = len(served.stderr.lines)
+        os.kill(runner, signal.SIGKILL)
+        await served.logged(rf"worker \d \(pid {runner}\) was killed by SIGKILL", mark)
+        # The worker that ran the stream is gone: another one replays it from Redis.
+        location = answer.headers["location"]
+        async with httpx.AsyncClient(base_url=served.http, timeout=TIMEOUT) as fresh:
+            again = await fresh.get(location)
+        assert again.status_code == 200
+        assert [data for _, _, data in parse_sse(again.text)] == ran
+        assert ran[-1]["type"] == "done"
+        returncode, stderr = await served.stop()
+    assert returncode == 0, stderr
 
 
 async def test_a_mistake_in_the_app_is_one_line_once() -> None:
