@@ -83,7 +83,7 @@ async def grpc_stream(
         events: list[dict[str, Any]] = []
         try:
             async for response in call:
-                events += [decode_event(event) for event in response.events]
+                events += [dict(decode_event(event)) for event in response.events]
                 if until_first is not None and not until_first.is_set():
                     until_first.set()
                     if release is not None:

@@ -13,6 +13,7 @@ import argparse
 import inspect
 import os
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,24 +145,22 @@ def test_allowed_hosts_follow_the_bind_address() -> None:
     # Bound elsewhere, the server cannot know its names: only those given are checked.
     assert settings().http_settings("0.0.0.0").allowed_hosts is None
     assert extra.http_settings("0.0.0.0").allowed_hosts == ("api.example.com",)
-    with_tls = ServeSettings(**{**vars_of(settings()), "tls": TlsPaths("c.pem", "k.pem", None)})
+    with_tls = replace(settings(), tls=TlsPaths("c.pem", "k.pem", None))
     assert with_tls.http_settings("127.0.0.1").tls == TlsFiles("c.pem", "k.pem", None)
 
 
-def vars_of(value: ServeSettings) -> dict[str, object]:
-    return {name: getattr(value, name) for name in value.__dataclass_fields__}
-
-
 def test_settings_given_to_a_runtime() -> None:
-    runtime = FlowRuntime(FlowRegistry(), store=MemoryStore(), grace=30.0)
-    settings("--store", "none").apply(runtime)
-    assert runtime.store is None and runtime.grace == 30.0
-    settings("--store", "memory", "--grace", "2", "--max-streams-per-key", "3").apply(runtime)
-    assert isinstance(runtime.store, MemoryStore) and runtime.grace == 2.0
-    assert runtime.caller_limits is not None and runtime.caller_limits.max_streams == 3
-    kept = runtime.store
-    settings().apply(runtime)  # nothing asked: the app's own settings stay
-    assert runtime.store is kept and runtime.authenticator is None
+    kept = MemoryStore()
+    cleared = FlowRuntime(FlowRegistry(), store=kept, grace=30.0)
+    settings("--store", "none").apply(cleared)
+    assert cleared.store is None and cleared.grace == 30.0
+    given = FlowRuntime(FlowRegistry())
+    settings("--store", "memory", "--grace", "2", "--max-streams-per-key", "3").apply(given)
+    assert isinstance(given.store, MemoryStore) and given.grace == 2.0
+    assert given.caller_limits is not None and given.caller_limits.max_streams == 3
+    untouched = FlowRuntime(FlowRegistry(), store=kept)
+    settings().apply(untouched)  # nothing asked: the app's own settings stay
+    assert untouched.store is kept and untouched.authenticator is None
 
 
 def one_line(capsys: pytest.CaptureFixture[str]) -> str:
