@@ -159,7 +159,8 @@ async def test_a_killed_worker_is_replaced_and_streams_on_the_other_go_on(
     assert await answered_by(lambda: grpc_pid(served.grpc_address), workers.pids) == workers.pids
 
 
-async def test_sigterm_drains_every_worker_and_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_drains_every_worker_and_exits_0(sig: int, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     async with gateway(APP, "--workers", "2", start_timeout=START) as served:
         pids = worker_pids(served)
@@ -174,7 +175,7 @@ async def test_sigterm_drains_every_worker_and_exits_0(tmp_path: Path) -> None:
                 break
         assert running == pids
         mark = len(served.stderr.lines)
-        served.process.send_signal(signal.SIGTERM)
+        served.process.send_signal(sig)
         draining: set[int] = set()
         while draining != pids:
             line = await served.logged(
