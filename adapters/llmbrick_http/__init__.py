@@ -20,6 +20,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .app import (
     CORS_ALLOW_HEADERS,
     CORS_EXPOSE_HEADERS,
+    RAW_SEND_KEY,
+    LlmbrickApp,
     build_app,
     error_body,
     http_error_handler,
@@ -32,8 +34,10 @@ from .settings import HttpSettings, TlsFiles, loopback_hosts
 __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
+    "RAW_SEND_KEY",
     "HttpServer",
     "HttpSettings",
+    "LlmbrickApp",
     "TlsFiles",
     "build_app",
     "context_from_scope",

@@ -24,7 +24,9 @@ from .settings import HttpSettings
 __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
+    "RAW_SEND_KEY",
     "REQUEST_ID_KEY",
+    "LlmbrickApp",
     "build_app",
     "error_body",
     "http_error_handler",
@@ -33,6 +35,8 @@ __all__ = [
 
 #: Where the policy middleware leaves the request id in ``scope["state"]``.
 REQUEST_ID_KEY = "llmbrick.request_id"
+#: Where :class:`LlmbrickApp` leaves the server's own ``send`` in the scope.
+RAW_SEND_KEY = "llmbrick.send"
 
 #: Request headers a browser page may send cross-origin.
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id")
@@ -133,6 +137,22 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     )
 
 
+class LlmbrickApp(Litestar):
+    """A Litestar app that also hands its streaming routes the server's own ``send``.
+
+    Every middleware on the way (Litestar's exception handling, CORS, the request
+    id) only looks at the response start, yet each wraps ``send`` in a coroutine
+    that every body chunk then passes through: a few microseconds per event. The
+    streaming endpoints send the start through the wrapped ``send`` and the body
+    straight to the server. Mounted in another app, they use the wrapped one.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND_KEY] = send
+        await super().__call__(scope, receive, send)
+
+
 def build_app(
     route_handlers: Sequence[Any],
     settings: HttpSettings,
@@ -149,7 +169,7 @@ def build_app(
             expose_headers=list(CORS_EXPOSE_HEADERS),
             max_age=600,
         )
-    return Litestar(
+    return LlmbrickApp(
         route_handlers=list(route_handlers),
         openapi_config=None,
         logging_config=None,

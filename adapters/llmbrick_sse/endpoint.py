@@ -15,7 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import orjson
@@ -31,7 +31,7 @@ from llmbrick import (
     ResumedStream,
 )
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
-from llmbrick_http import HttpSettings, context_from_scope
+from llmbrick_http import RAW_SEND_KEY, HttpSettings, context_from_scope
 
 from .codec import is_json_content_type
 from .wire import MAX_ECHO, HttpCodec, Opening, Rejected
@@ -202,10 +202,11 @@ class StreamEndpoint:
         task = asyncio.current_task()
         assert task is not None
         ping = self.ping_interval if opening.streaming else 0
-        watch = _Watch(receive, send, task, codec.ping, ping)
+        body_send: Send = _raw_send(scope, send)
+        watch = _Watch(receive, body_send, task, codec.ping, ping)
         try:
             if opening.streaming:
-                await self._stream(stream, opening, send, watch)
+                await self._stream(stream, opening, send, watch, body_send)
             else:
                 result = await stream.collect()
                 error = result["error"]
@@ -338,8 +339,16 @@ class StreamEndpoint:
                 return b"".join(chunks)
 
     async def _stream(
-        self, stream: FlowStream | ResumedStream, opening: Opening, send: Send, watch: _Watch
+        self,
+        stream: FlowStream | ResumedStream,
+        opening: Opening,
+        send: Send,
+        watch: _Watch,
+        body_send: Send | None = None,
     ) -> None:
+        """Stream the events: the response start through ``send``, so every middleware
+        sees it, and the body through ``body_send`` (the server's own, when the app
+        hands it over: see ``llmbrick_http.LlmbrickApp``)."""
         headers = [
             *self.codec.stream_headers,
             (b"x-llmbrick-stream-id", stream.id.encode()),
@@ -348,27 +357,60 @@ class StreamEndpoint:
         if location is not None:
             headers.append((b"location", location))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        send = body_send or send
         writer = self.codec.writer(stream, opening)  # type: ignore[arg-type]
         encode = writer.encode
-        now = time.monotonic
-        async for event in stream:
-            frame = encode(event)
-            if not frame:
-                continue
-            watch.last_write = now()
-            steps = send(
-                {"type": "http.response.body", "body": frame, "more_body": True}
-            ).__await__()
-            try:
-                signal = next(steps)
-            except StopIteration:
-                continue  # written at once: the client keeps up
-            # The send has to wait for the client to drain its socket buffer: the client
-            # reads slower than the flow produces. Finish this send, then let the flow run
-            # ahead in its own task into a bounded buffer, and send what piled up at once.
-            await _Rest(steps, signal)
-            await self._send_backlog(stream, encode, send, watch)
-            break
+        next_event = stream.__aiter__().__anext__
+        # Frames of events the flow made without waiting: they go out in one write when
+        # the flow has to wait (or when there are many), not in one write each.
+        ready: list[bytes] = []
+        size = 0
+        limit = self.max_buffer_bytes
+        # A write that has to wait for the client: it is finished before the next one.
+        waiting: tuple[Any, Any] | None = None
+        ended = False
+        try:
+            while waiting is None:
+                steps = next_event().__await__()
+                try:
+                    signal = steps.send(None)
+                except StopIteration as produced:
+                    event = produced.value
+                except StopAsyncIteration:
+                    ended = True
+                    break
+                else:
+                    # The flow has to wait: send what it made meanwhile (a write that
+                    # completes at once, or one finished after this step of the flow).
+                    if ready:
+                        waiting = _begin_write(send, ready, watch)
+                        ready, size = [], 0
+                    try:
+                        event = await _Rest(steps, signal)
+                    except StopAsyncIteration:
+                        ended = True
+                        break
+                frame = encode(event)
+                if frame:
+                    ready.append(frame)
+                    size += len(frame)
+                    if (len(ready) >= _MAX_BATCH or size >= limit) and waiting is None:
+                        waiting = _begin_write(send, ready, watch)
+                        ready, size = [], 0
+            if waiting is not None:
+                write, waiting = waiting, None
+                await _Rest(*write)
+                if not ended:
+                    # The client reads slower than the flow produces: let the flow run
+                    # ahead in its own task into a bounded buffer, and send whatever piled
+                    # up in one write.
+                    await self._send_backlog(stream, encode, send, watch, ready)
+                    ready = []
+        finally:
+            if waiting is not None:
+                waiting[0].close()  # the client is gone: unwind the write it left
+        if ready:
+            await _write(send, ready, watch)
         trailer = writer.close()
         watch.finished = True
         if trailer:
@@ -377,7 +419,12 @@ class StreamEndpoint:
             await send(_END)
 
     async def _send_backlog(
-        self, stream: FlowStream | ResumedStream, encode: Any, send: Send, watch: _Watch
+        self,
+        stream: FlowStream | ResumedStream,
+        encode: Any,
+        send: Send,
+        watch: _Watch,
+        first: list[bytes],
     ) -> None:
         def framed(event: object) -> tuple[bytes, int]:
             frame: bytes = encode(event)
@@ -385,6 +432,8 @@ class StreamEndpoint:
 
         pump: Pump[bytes] = Pump(stream, framed, self.max_buffer_bytes)
         try:
+            if first:
+                await _write(send, first, watch)
             while frames := await pump.take():
                 watch.last_write = time.monotonic()
                 await send(
@@ -392,6 +441,40 @@ class StreamEndpoint:
                 )
         finally:
             await pump.aclose()
+
+
+#: Frames one write carries at most while the flow keeps producing without waiting.
+_MAX_BATCH = 64
+
+
+def _begin_write(send: Send, frames: list[bytes], watch: _Watch) -> tuple[Any, Any] | None:
+    """Start sending ``frames`` in one write: ``None`` if it is done, else its rest to await.
+
+    A write is an ASGI send; the server writes at once unless the client's socket
+    buffer is full, and then the send waits. Stepping it tells which.
+    """
+    watch.last_write = time.monotonic()
+    body = frames[0] if len(frames) == 1 else b"".join(frames)
+    steps = send({"type": "http.response.body", "body": body, "more_body": True}).__await__()
+    try:
+        signal = next(steps)
+    except StopIteration:
+        return None  # written at once: the client keeps up
+    return steps, signal
+
+
+async def _write(send: Send, frames: list[bytes], watch: _Watch) -> bool:
+    """Send ``frames`` in one write; True if the write had to wait for the client."""
+    rest = _begin_write(send, frames, watch)
+    if rest is None:
+        return False
+    await _Rest(*rest)
+    return True
+
+
+def _raw_send(scope: Scope, send: Send) -> Send:
+    raw: Send = cast(dict[str, Any], scope).get(RAW_SEND_KEY, send)
+    return raw
 
 
 def _rejection(codec: HttpCodec, error: ErrorInfo) -> Rejected:
@@ -496,9 +579,11 @@ class KeptStreamEndpoint:
             return
         task = asyncio.current_task()
         assert task is not None
-        watch = _Watch(receive, send, task, self.codec.ping, self._sender.ping_interval)
+        body_send: Send = _raw_send(scope, send)
+        watch = _Watch(receive, body_send, task, self.codec.ping, self._sender.ping_interval)
+        opening = Opening(resumed.flow, None, True)
         try:
-            await self._sender._stream(resumed, Opening(resumed.flow, None, True), send, watch)
+            await self._sender._stream(resumed, opening, send, watch, body_send)
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
                 return
