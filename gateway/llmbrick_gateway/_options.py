@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from ._command import (
     env_list,
     help_default,
     help_list_default,
+    port,
     positive_float,
     seconds,
 )
@@ -35,7 +37,7 @@ from ._workers import cpu_count
 if TYPE_CHECKING:
     from llmbrick_http import HttpSettings
 
-__all__ = ["ServeSettings", "TlsPaths", "add_serve_options"]
+__all__ = ["ServeSettings", "TlsPaths", "add_serve_options", "add_telemetry_options"]
 
 #: ``HttpSettings``' defaults, repeated so that ``--help`` needs no transport installed
 #: (a test checks that they agree).
@@ -253,6 +255,49 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_installed() -> bool:
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def add_telemetry_options(serve: argparse.ArgumentParser) -> None:
+    """Metrics, tracing and the log format (see :mod:`llmbrick_telemetry`)."""
+    group = serve.add_argument_group("telemetry")
+    metrics_default = env("METRICS")
+    group.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=(
+            metrics_default.strip().lower() in ("1", "true", "yes")
+            if metrics_default is not None
+            else _metrics_installed()
+        ),
+        help="Prometheus metrics at /metrics on the HTTP port "
+        + help_default("METRICS", "on when prometheus-client is installed", "=0|1"),
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=port,
+        default=env("METRICS_PORT"),
+        metavar="PORT",
+        help="also serve the metrics on a port of their own (for gRPC-only gateways; with "
+        "--workers N, worker i uses PORT+i) " + help_default("METRICS_PORT", "none"),
+    )
+    group.add_argument(
+        "--otel",
+        action="store_true",
+        default=env_flag("OTEL"),
+        help="trace streams and bricks with OpenTelemetry, into the global tracer provider "
+        "(configure it with the OpenTelemetry SDK's OTEL_* variables, e.g. under "
+        "opentelemetry-instrument) " + help_default("OTEL", "off", "=1"),
+    )
+    group.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=env("LOG_FORMAT", "text"),
+        help="json: one JSON object per line, for log shippers " + help_default("LOG_FORMAT"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TlsPaths:
     """The TLS files of ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``, checked."""
@@ -416,6 +461,10 @@ class ServeSettings:
     openai: bool
     ui: bool
     playground: bool
+    metrics: bool = False
+    metrics_port: int | None = None
+    tracing: bool = False
+    log_format: str = "text"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -458,6 +507,10 @@ class ServeSettings:
             openai=not args.no_openai,
             ui=not args.no_ui,
             playground=not args.no_playground,
+            metrics=bool(args.metrics),
+            metrics_port=None if args.metrics_port is None else int(args.metrics_port),
+            tracing=bool(args.otel),
+            log_format=args.log_format,
         )
 
     def http_settings(self, host: str) -> HttpSettings:

@@ -40,7 +40,7 @@ from ._command import port as _port
 from ._command import positive_float as _positive_float
 from ._command import seconds as _seconds
 from ._listen import bind_http, reserve_shared_port
-from ._options import ServeSettings, add_serve_options, refuse_unshared_store
+from ._options import ServeSettings, add_serve_options, add_telemetry_options, refuse_unshared_store
 from ._transports import TRANSPORTS, installed_transports, require_transport
 from ._workers import Supervisor, WorkerSpec, run_worker, worker_spec
 from .client import Target, connect, parse_url
@@ -164,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         + _default("DEBUG", "off", "=1"),
     )
     add_serve_options(serve)
+    add_telemetry_options(serve)
 
     flows = commands.add_parser(
         "flows",
@@ -308,7 +309,14 @@ def _check_port(host: str, port: int, option: str, label: str) -> None:
         raise _bind_failure(host, port, option, label, problems[0]) from problems[0]
 
 
-def _logging(level: str, processes: bool) -> None:
+def _logging(level: str, processes: bool, json_lines: bool = False) -> None:
+    if json_lines:
+        from llmbrick_telemetry import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     # With workers, several processes write to one stderr: each line names its process.
     name = "%(name)s[%(process)d]" if processes else "%(name)s"
     logging.basicConfig(
@@ -319,7 +327,7 @@ def _logging(level: str, processes: bool) -> None:
 def _supervise(args: argparse.Namespace, settings: ServeSettings, http: bool, grpc: bool) -> int:
     """``serve --workers N``: bind the ports once, then run N workers on them (see _workers)."""
     host, http_port, grpc_port = args.host, int(args.http_port), int(args.grpc_port)
-    _logging(args.log_level, processes=True)
+    _logging(args.log_level, processes=True, json_lines=settings.log_format == "json")
     held: list[socket.socket] = []
     try:
         listening = []
@@ -378,7 +386,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings.apply(runtime)
     if worker is not None:
         refuse_unshared_store(runtime, worker.workers)
-    _logging(args.log_level, processes=worker is not None)
+    _logging(args.log_level, processes=worker is not None, json_lines=settings.log_format == "json")
+    metrics_port = settings.metrics_port
+    if metrics_port is not None and metrics_port != 0 and worker is not None:
+        metrics_port += worker.index  # one port per worker: each counts its own streams
     gateway = Gateway(
         runtime,
         host=host,
@@ -396,6 +407,9 @@ def _serve(args: argparse.Namespace) -> int:
         sockets=worker.sockets() if worker is not None and http else None,
         reuse_port=worker is not None,
         out=sys.stdout if worker is None else None,
+        metrics=settings.metrics,
+        metrics_port=metrics_port,
+        tracing=settings.tracing,
     )
     try:
         _run_gateway(gateway, worker)

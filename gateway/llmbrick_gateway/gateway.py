@@ -52,6 +52,7 @@ _UI_SHARED = ("prefix", "max_body_size", "ping_interval", "max_buffer_bytes")
 _LABELS = {"sse": "SSE", "websocket": "WebSocket", "grpc": "gRPC", "flows": "flows"}
 # Routes for people rather than clients: each URL is printed with what it is for.
 _PAGES = {
+    "metrics": ("metrics", "Prometheus"),
     "openai": ("OpenAI", "base URL for OpenAI SDKs"),
     "ui": ("AI SDK", "the api of useChat"),
     "playground": ("playground", "open it in a browser"),
@@ -111,6 +112,12 @@ class Gateway:
             ``ping_interval``, ``ping_timeout`` and ``compression`` (uvicorn's).
         grpc: options for ``GrpcServer``.
         routes: more Litestar route handlers for the HTTP app (a page, an admin view).
+        metrics: count streams into Prometheus metrics, served at ``/metrics`` on the
+            HTTP port (the ``metrics`` extra; see :mod:`llmbrick_telemetry`).
+        metrics_port: also serve them on a port of their own (a gRPC-only
+            gateway has no HTTP port); implies ``metrics``.
+        tracing: trace streams and bricks with OpenTelemetry (the ``otel`` extra),
+            into the global tracer provider.
         out: where the endpoint URLs are printed on start (``None``: nowhere).
         sockets: listening sockets to serve HTTP on instead of binding
             ``host:http_port`` (a supervisor's, inherited by its workers).
@@ -144,6 +151,9 @@ class Gateway:
         out: TextIO | None = sys.stdout,
         sockets: Sequence[socket.socket] | None = None,
         reuse_port: bool = False,
+        metrics: bool = False,
+        metrics_port: int | None = None,
+        tracing: bool = False,
     ) -> None:
         chosen = tuple(dict.fromkeys(transports))
         unknown = [name for name in chosen if name not in TRANSPORTS]
@@ -171,6 +181,19 @@ class Gateway:
         self._stop_requested: asyncio.Event | None = None
         self._forced = False
 
+        self.metrics_port = metrics_port
+        self.telemetry: Any = None
+        self._metrics_path: str | None = None
+        routes = list(routes)
+        if metrics or metrics_port is not None or tracing:
+            from llmbrick_telemetry import install
+
+            self.telemetry = install(
+                self.runtime, metrics=metrics or metrics_port is not None, tracing=tracing
+            )
+            if self.telemetry.metrics is not None and ("sse" in chosen or "websocket" in chosen):
+                routes.append(self.telemetry.router())
+                self._metrics_path = "/metrics"
         self.http: HttpSettings | None = None
         self.app: Litestar | None = None
         self._uvicorn: dict[str, Any] = {"log_level": log_level, "timeout_graceful_shutdown": 5}
@@ -242,6 +265,8 @@ class Gateway:
             )
             self._pages["playground"] = "/playground"
         handlers.extend(routes)
+        if self._metrics_path is not None:
+            self._pages["metrics"] = self._metrics_path
         return build_app(handlers, self.http)
 
     def _websocket_router(self, websocket: dict[str, Any]) -> Router:
@@ -304,10 +329,14 @@ class Gateway:
         sockets: list[socket.socket] = []
         http: HttpServer | None = None
         http_task: asyncio.Task[None] | None = None
+        metrics_server: Any = None
         try:
             if self.app is not None:
                 sockets = self._sockets or bind_http(self.host, self.http_port)
                 http, http_task = self._start_http(sockets)
+            if self.metrics_port is not None and self.telemetry is not None:
+                metrics_server = await self.telemetry.serve(self.host, self.metrics_port)
+                self.urls["metrics"] = metrics_server.url  # its own port wins in the banner
             if self.grpc is not None:
                 await self.grpc.start(self.host, self.grpc_port)
                 scheme = "grpc" if self.tls is None else "grpcs"
@@ -328,6 +357,8 @@ class Gateway:
                 await http_task
             if self.grpc is not None:
                 await self.grpc.stop(1.0)
+            if metrics_server is not None:
+                await metrics_server.aclose()
             await self.runtime.aclose()
             if store is not None:
                 await store.aclose()  # after the drain: the last events are kept
