@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import types
 from collections.abc import Generator
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -123,30 +124,24 @@ def next_ping(last_write: float, now: float, interval: float) -> tuple[bool, flo
     return False, interval - quiet
 
 
-class _Rest:
-    """Awaits the rest of an awaitable whose first step already ran (and had to wait)."""
+@types.coroutine
+def _rest(steps: Generator[Any, Any, Any], signal: Any) -> Generator[Any, Any, Any]:
+    """Await the rest of an awaitable whose first step already ran (and had to wait).
 
-    __slots__ = ("_signal", "_steps")
-
-    def __init__(self, steps: Generator[Any, Any, Any], signal: Any) -> None:
-        self._steps = steps
-        self._signal = signal
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        steps, signal = self._steps, self._signal
-        while True:
-            try:
-                value = yield signal
-            except BaseException as exc:  # a cancellation goes to the step in flight
-                try:
-                    signal = steps.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    signal = steps.send(value)
-                except StopIteration as done:
-                    return done.value
+    asyncio resumes a waiting task with ``send(None)`` (the result is read from the
+    future), so after handing the loop the pending ``signal`` the rest is delegated
+    natively with ``yield from``. A cancellation thrown at that first point goes to
+    the awaitable in flight.
+    """
+    try:
+        yield signal
+    except BaseException as exc:
+        try:
+            signal = steps.throw(exc)
+        except StopIteration as done:
+            return done.value
+        return (yield from _rest(steps, signal))
+    return (yield from steps)
 
 
 class StreamEndpoint:
@@ -362,20 +357,39 @@ class StreamEndpoint:
         encode = writer.encode
         next_event = stream.__aiter__().__anext__
         # Frames of events the flow made without waiting: they go out in one write when
-        # the flow has to wait (or when there are many), not in one write each.
+        # the flow has to wait (or when there are many), not in one write each. Telling
+        # costs a little per event (the flow's step is run by hand), so a flow that waits
+        # before every event is awaited plainly, and only probed now and then for bursts.
         ready: list[bytes] = []
         size = 0
         limit = self.max_buffer_bytes
+        stepping = True
+        waits = 0  # steps in a row that had to wait
+        probe = 0  # plain awaits left before the next probe
         # A write that has to wait for the client: it is finished before the next one.
         waiting: tuple[Any, Any] | None = None
         ended = False
         try:
             while waiting is None:
+                if not stepping and probe:
+                    probe -= 1
+                    try:
+                        event = await next_event()
+                    except StopAsyncIteration:
+                        ended = True
+                        break
+                    frame = encode(event)
+                    if frame:
+                        ready.append(frame)  # after the one the last probe left, if any
+                        waiting = _begin_write(send, ready, watch)
+                        ready, size = [], 0
+                    continue
                 steps = next_event().__await__()
                 try:
                     signal = steps.send(None)
                 except StopIteration as produced:
                     event = produced.value
+                    stepping, waits = True, 0
                 except StopAsyncIteration:
                     ended = True
                     break
@@ -385,8 +399,11 @@ class StreamEndpoint:
                     if ready:
                         waiting = _begin_write(send, ready, watch)
                         ready, size = [], 0
+                    waits += 1
+                    if waits >= _PLAIN_AFTER:
+                        stepping, probe = False, _PROBE_EVERY
                     try:
-                        event = await _Rest(steps, signal)
+                        event = await _rest(steps, signal)
                     except StopAsyncIteration:
                         ended = True
                         break
@@ -399,7 +416,7 @@ class StreamEndpoint:
                         ready, size = [], 0
             if waiting is not None:
                 write, waiting = waiting, None
-                await _Rest(*write)
+                await _rest(*write)
                 if not ended:
                     # The client reads slower than the flow produces: let the flow run
                     # ahead in its own task into a bounded buffer, and send whatever piled
@@ -445,6 +462,10 @@ class StreamEndpoint:
 
 #: Frames one write carries at most while the flow keeps producing without waiting.
 _MAX_BATCH = 64
+#: Steps in a row that wait before the flow is awaited plainly, and plain awaits
+#: between two probes for a burst.
+_PLAIN_AFTER = 4
+_PROBE_EVERY = 8
 
 
 def _begin_write(send: Send, frames: list[bytes], watch: _Watch) -> tuple[Any, Any] | None:
@@ -468,7 +489,7 @@ async def _write(send: Send, frames: list[bytes], watch: _Watch) -> bool:
     rest = _begin_write(send, frames, watch)
     if rest is None:
         return False
-    await _Rest(*rest)
+    await _rest(*rest)
     return True
 
 

@@ -535,3 +535,21 @@ async def test_disconnect_while_reading_ahead_runs_the_flows_finally() -> None:
         await writer.wait_closed()
         await asyncio.wait_for(finished.wait(), TIMEOUT)
         assert runtime.active_streams == 0
+
+
+async def test_events_made_without_waiting_share_a_write() -> None:
+    """A flow relaying an upstream that hands over 16 tokens per read: 16 events per write."""
+    registry = FlowRegistry()
+
+    @registry.flow("default")
+    async def bursts(request: ChatRequest) -> AsyncIterator[Event]:
+        for n in range(160):
+            if n % 16 == 0:
+                await asyncio.sleep(0)  # the next network read
+            yield {"type": "text", "text": f"{n:03d}"}
+
+    counts: list[int] = []
+    async with serve_asgi(counting_sends(SSEServer(registry).app, counts)) as address:
+        frames = [f for f in await sse_events(address, HELLO) if f["type"] == "text"]
+    assert [frame["text"] for frame in frames] == [f"{n:03d}" for n in range(160)]
+    assert len(counts) < 30, f"{len(counts)} writes for 160 events"
