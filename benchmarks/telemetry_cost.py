@@ -66,20 +66,18 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from benchmarks.common import SERVER_CPU, prepare_process  # noqa: E402
 from llmbrick import (  # noqa: E402
     ApiKeyAuth,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    FlowStream,
-    KeywordGuard,
     Pipeline,
     RequestContext,
     RuntimeObserver,
-    StreamResult,
     TranslateBrick,
     WireModel,
 )
-from llmbrick.bricks import TextInput, TranslateRequest  # noqa: E402
+from llmbrick.bricks import EchoLLM, KeywordGuard, TextInput, TranslateRequest  # noqa: E402
+from llmbrick.observe import StreamResult  # noqa: E402
+from llmbrick.stream import FlowStream  # noqa: E402
 from llmbrick_telemetry import PrometheusObserver, TracingObserver  # noqa: E402
 
 __all__ = ["main"]

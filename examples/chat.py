@@ -8,7 +8,8 @@ Run it with ``python examples/chat.py`` and stream from it with::
 
 from __future__ import annotations
 
-from llmbrick import EchoLLM, KeywordGuard, Pipeline
+from llmbrick import Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_sse import SSEServer
 
 pipeline = (

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import sys
 
-from llmbrick import KeywordGuard, Pipeline
+from llmbrick import Pipeline
+from llmbrick.bricks import KeywordGuard
 from llmbrick_grpc import RemoteBrick
 from llmbrick_sse import SSEServer
 

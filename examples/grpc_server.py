@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
-from llmbrick import EchoLLM, Event, KeywordGuard, Pipeline
+from llmbrick import Event, Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_grpc import GrpcServer
 
 llm = EchoLLM(delay=0.05)

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmbrick import ChatRequest, EchoLLM, Event, Pipeline, data_event, meta_event, text_event
+from llmbrick import ChatRequest, Event, Pipeline, data_event, meta_event, text_event
+from llmbrick.bricks import EchoLLM
 from llmbrick_sse import SSEServer
 
 server = SSEServer(Pipeline(description="Echo chat.").add_brick(EchoLLM()))

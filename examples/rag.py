@@ -11,16 +11,14 @@ translator rewrites each streamed chunk.
 
 from __future__ import annotations
 
-from llmbrick import (
+from llmbrick import Pipeline, RetrievalBrick, TranslateBrick
+from llmbrick.bricks import (
     Document,
     EchoLLM,
     KeywordGuard,
-    Pipeline,
-    RetrievalBrick,
     RetrievalRequest,
     RetrievalResponse,
     TextInput,
-    TranslateBrick,
     TranslateRequest,
 )
 

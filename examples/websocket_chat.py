@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from llmbrick import ChatRequest, EchoLLM, Event, KeywordGuard, Pipeline
+from llmbrick import ChatRequest, Event, Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_websocket import WebSocketServer
 
 __all__ = ["server"]

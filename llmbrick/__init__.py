@@ -5,45 +5,40 @@ gRPC, protobuf or a WebSocket library: flows yield plain event dicts, the
 ``FlowRuntime`` applies the rules every transport shares, and the adapters
 (``llmbrick_sse``, ``llmbrick_websocket``, ``llmbrick_grpc``) turn those dicts
 into bytes on the wire.
+
+The top level holds what a flow author needs: the runtime and registry, the
+request and event vocabulary, the errors, ``Pipeline`` and the brick kinds,
+and the seams a deployment configures (context, keys, limits, a store, an
+observer). The rest lives in submodules, each with its ``__all__``:
+
+- ``llmbrick.bricks``: the bricks' input and output models (``TextChunk``,
+  ``LLMRequest``...), the demo bricks ``EchoLLM`` and ``KeywordGuard``, ``BrickEvent``.
+- ``llmbrick.stream``: ``FlowStream`` and ``ResumedStream`` (what adapters iterate),
+  ``InvokeResult``, ``collect_events``.
+- ``llmbrick.store``: ``StreamStore`` and its log, for writing another store.
+- ``llmbrick.context``, ``llmbrick.auth``, ``llmbrick.observe``: the rest of those seams.
+- ``llmbrick.client``: the base every transport's client shares.
+- ``llmbrick.flow_control``: the byte-bounded buffers adapters keep for slow clients.
+- ``llmbrick.serving``: ``as_runtime``, what every server accepts.
 """
 
 from __future__ import annotations
 
-from .auth import ApiKeyAuth, Authenticator, CallerLimits, hash_key
+from .auth import ApiKeyAuth, CallerLimits
 from .bricks import (
     Brick,
-    BrickEvent,
-    BrickMode,
     CommonBrick,
-    CommonRequest,
-    CommonResponse,
     ComposeBrick,
-    ComposeRequest,
-    ComposeResponse,
-    Document,
-    EchoLLM,
     GuardBrick,
-    GuardRequest,
-    GuardVerdict,
     IntentionBrick,
-    IntentResult,
-    KeywordGuard,
     LLMBrick,
-    LLMRequest,
     OpenAILLM,
     Pipeline,
     RectifyBrick,
     RetrievalBrick,
-    RetrievalRequest,
-    RetrievalResponse,
-    TextChunk,
-    TextInput,
     TranslateBrick,
-    TranslateRequest,
-    extract_text,
-    model_accepts,
 )
-from .context import Headers, Principal, RequestContext, current_context, new_id, request_id_for
+from .context import Principal, RequestContext, current_context
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -67,65 +62,41 @@ from .events import (
     data_event,
     done_event,
     error_event,
-    event_problem,
     meta_event,
     text_event,
 )
-from .observe import RuntimeObserver, StreamResult
-from .registry import FlowHandler, FlowRegistry, FlowSpec
+from .observe import RuntimeObserver
+from .registry import FlowRegistry, FlowSpec
 from .requests import ChatRequest, Message, WireModel
-from .runtime import DISCONNECT_HEADER, FlowRuntime
-from .serving import as_runtime
-from .store import POLICIES, MemoryStore, StreamLog, StreamRecord, StreamStore, event_size
-from .stream import FAIR_SLICE, FlowStream, InvokeResult, ResumedStream, collect_events
+from .runtime import FlowRuntime
+from .store import MemoryStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DISCONNECT_HEADER",
-    "FAIR_SLICE",
-    "POLICIES",
     "TERMINAL_TYPES",
     "ApiKeyAuth",
-    "Authenticator",
     "Brick",
-    "BrickEvent",
-    "BrickMode",
     "CallerLimits",
     "Cancelled",
     "ChatRequest",
     "CommonBrick",
-    "CommonRequest",
-    "CommonResponse",
     "ComposeBrick",
-    "ComposeRequest",
-    "ComposeResponse",
     "Context",
     "DeadlineExceeded",
-    "Document",
     "DuplicateFlow",
-    "EchoLLM",
     "ErrorCode",
     "ErrorInfo",
     "Event",
-    "FlowHandler",
     "FlowNotFound",
     "FlowRegistry",
     "FlowRuntime",
     "FlowSpec",
-    "FlowStream",
     "GuardBrick",
-    "GuardRequest",
-    "GuardVerdict",
-    "Headers",
-    "IntentResult",
     "IntentionBrick",
     "InvalidRequest",
-    "InvokeResult",
-    "KeywordGuard",
     "LLMBrick",
     "LLMBrickError",
-    "LLMRequest",
     "MemoryStore",
     "Message",
     "OpenAILLM",
@@ -137,35 +108,16 @@ __all__ = [
     "Progress",
     "RectifyBrick",
     "RequestContext",
-    "ResumedStream",
     "RetrievalBrick",
-    "RetrievalRequest",
-    "RetrievalResponse",
     "RuntimeObserver",
-    "StreamLog",
-    "StreamRecord",
-    "StreamResult",
-    "StreamStore",
-    "TextChunk",
-    "TextInput",
     "TranslateBrick",
-    "TranslateRequest",
     "Unauthenticated",
     "Unavailable",
     "WireModel",
-    "as_runtime",
-    "collect_events",
     "current_context",
     "data_event",
     "done_event",
     "error_event",
-    "event_problem",
-    "event_size",
-    "extract_text",
-    "hash_key",
     "meta_event",
-    "model_accepts",
-    "new_id",
-    "request_id_for",
     "text_event",
 ]

@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 
-from llmbrick import Cancelled, DeadlineExceeded, Event, InvokeResult, LLMBrickError, Unavailable
+from llmbrick import Cancelled, DeadlineExceeded, Event, LLMBrickError, Unavailable
 from llmbrick.client import EventStream, FlowClient, FlowRequest, build_payload, exception_for
+from llmbrick.stream import InvokeResult
 
 from ._generated import flow_pb2, flow_pb2_grpc
 from ._options import merge_options

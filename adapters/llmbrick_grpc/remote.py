@@ -11,6 +11,7 @@ import grpc
 from pydantic import BaseModel, ValidationError
 
 import llmbrick
+import llmbrick.bricks
 from llmbrick import (
     Brick,
     CommonBrick,
@@ -106,7 +107,9 @@ def _in_event_loop() -> bool:
 def _local_model(given: type[BaseModel] | None, remote_name: str, role: str) -> type[BaseModel]:
     if given is not None:
         return given
-    model = getattr(llmbrick, remote_name, None)
+    # The kinds' models live in llmbrick.bricks; a model a flow author declares may be
+    # exported from the top level too.
+    model = getattr(llmbrick.bricks, remote_name, None) or getattr(llmbrick, remote_name, None)
     if isinstance(model, type) and issubclass(model, BaseModel):
         return model
     raise PipelineTypeError(

@@ -13,8 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
-from llmbrick import Brick, FlowRuntime, as_runtime
+from llmbrick import Brick, FlowRuntime
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
+from llmbrick.serving import as_runtime
 
 from ._generated import brick_pb2, flow_pb2
 from ._handlers import register_servicer

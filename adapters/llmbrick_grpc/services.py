@@ -12,19 +12,11 @@ import grpc
 import orjson
 from google.protobuf.message import Message
 
-from llmbrick import (
-    Brick,
-    ErrorCode,
-    FlowRuntime,
-    FlowStream,
-    Headers,
-    InvalidRequest,
-    LLMBrickError,
-    RequestContext,
-    ResumedStream,
-)
+from llmbrick import Brick, ErrorCode, FlowRuntime, InvalidRequest, LLMBrickError, RequestContext
+from llmbrick.context import Headers
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
 from llmbrick.store import event_size
+from llmbrick.stream import FlowStream, ResumedStream
 
 from ._generated import brick_pb2, brick_pb2_grpc, flow_pb2, flow_pb2_grpc
 from .codec import (

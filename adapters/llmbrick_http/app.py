@@ -16,7 +16,8 @@ from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmbrick import ErrorCode, request_id_for
+from llmbrick import ErrorCode
+from llmbrick.context import request_id_for
 
 from .context import scope_headers
 from .settings import HttpSettings

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbrick import Headers, RequestContext
+from llmbrick import RequestContext
+from llmbrick.context import Headers
 
 __all__ = ["context_from_scope", "scope_headers"]
 

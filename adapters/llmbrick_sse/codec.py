@@ -11,7 +11,9 @@ from llmbrick import ErrorCode, ErrorInfo, Event
 from .wire import FrameWriter, Opening, Rejected
 
 if TYPE_CHECKING:
-    from llmbrick import FlowRuntime, FlowStream, Headers, InvokeResult
+    from llmbrick import FlowRuntime
+    from llmbrick.context import Headers
+    from llmbrick.stream import FlowStream, InvokeResult
 
 __all__ = [
     "PING",

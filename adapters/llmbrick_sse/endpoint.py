@@ -22,16 +22,9 @@ from urllib.parse import parse_qs
 import orjson
 from litestar.types import Message, Receive, Scope, Send
 
-from llmbrick import (
-    ErrorCode,
-    ErrorInfo,
-    FlowRuntime,
-    FlowStream,
-    LLMBrickError,
-    RequestContext,
-    ResumedStream,
-)
+from llmbrick import ErrorCode, ErrorInfo, FlowRuntime, LLMBrickError, RequestContext
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
+from llmbrick.stream import FlowStream, ResumedStream
 from llmbrick_http import RAW_SEND_KEY, HttpSettings, context_from_scope
 
 from .codec import is_json_content_type

@@ -45,7 +45,8 @@ from .openai_response import ChunkWriter, completion, error_object, is_guard_rej
 from .wire import MAX_ECHO, FrameWriter, Opening, Rejected
 
 if TYPE_CHECKING:
-    from llmbrick import FlowStream, Headers, InvokeResult
+    from llmbrick.context import Headers
+    from llmbrick.stream import FlowStream, InvokeResult
 
 __all__ = ["OpenAICodec", "create_openai_router"]
 

@@ -9,8 +9,9 @@ from litestar import Request, Response, Router, get
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from llmbrick import FlowRuntime, LLMBrickError, as_runtime
+from llmbrick import FlowRuntime, LLMBrickError
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
+from llmbrick.serving import as_runtime
 from llmbrick_http import (
     HttpSettings,
     build_app,

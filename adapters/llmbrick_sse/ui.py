@@ -49,8 +49,9 @@ from litestar import Router
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from llmbrick import DISCONNECT_HEADER, ErrorCode, ErrorInfo, Event, InvalidRequest
+from llmbrick import ErrorCode, ErrorInfo, Event, InvalidRequest
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
+from llmbrick.runtime import DISCONNECT_HEADER
 
 from .codec import PING, status_for_error
 from .codec import error_body as _error_body
@@ -58,7 +59,9 @@ from .endpoint import StreamEndpoint
 from .wire import MAX_ECHO, FrameWriter, Opening
 
 if TYPE_CHECKING:
-    from llmbrick import FlowRuntime, FlowStream, Headers, InvokeResult
+    from llmbrick import FlowRuntime
+    from llmbrick.context import Headers
+    from llmbrick.stream import FlowStream, InvokeResult
     from llmbrick_http import HttpSettings
 
 __all__ = ["UI_STREAM_HEADERS", "UICodec", "create_ui_router", "ui_messages_to_chat"]

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llmbrick import ErrorCode, ErrorInfo, Event
 
 if TYPE_CHECKING:
-    from llmbrick import FlowRuntime, FlowStream, Headers, InvokeResult
+    from llmbrick import FlowRuntime
+    from llmbrick.context import Headers
+    from llmbrick.stream import FlowStream, InvokeResult
 
 __all__ = ["MAX_ECHO", "FrameWriter", "HttpCodec", "Opening", "Rejected"]
 

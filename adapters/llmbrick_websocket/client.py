@@ -25,14 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
-from llmbrick import (
-    TERMINAL_TYPES,
-    ErrorCode,
-    ErrorInfo,
-    Event,
-    LLMBrickError,
-    Unavailable,
-)
+from llmbrick import TERMINAL_TYPES, ErrorCode, ErrorInfo, Event, LLMBrickError, Unavailable
 from llmbrick.client import (
     FlowClient,
     FlowRequest,

@@ -21,16 +21,9 @@ from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.types import WebSocketSendEvent
 
-from llmbrick import (
-    TERMINAL_TYPES,
-    ErrorCode,
-    FlowRuntime,
-    FlowStream,
-    LLMBrickError,
-    RequestContext,
-    ResumedStream,
-)
+from llmbrick import TERMINAL_TYPES, ErrorCode, FlowRuntime, LLMBrickError, RequestContext
 from llmbrick.flow_control import SendBuffer
+from llmbrick.stream import FlowStream, ResumedStream
 from llmbrick_http import HttpSettings, context_from_scope
 
 from .codec import (

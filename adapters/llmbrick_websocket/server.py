@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 from litestar import Router, WebSocket, websocket
 
-from llmbrick import FlowRuntime, as_runtime
+from llmbrick import FlowRuntime
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
+from llmbrick.serving import as_runtime
 from llmbrick_http import HttpSettings, build_app, uvicorn_config
 
 from .connection import Limits, serve_connection

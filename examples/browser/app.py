@@ -14,7 +14,7 @@ from typing import Any
 
 from litestar import MediaType, get
 
-from llmbrick import as_runtime
+from llmbrick.serving import as_runtime
 from llmbrick_gateway import Gateway, demo_pipeline
 from llmbrick_sse import create_playground_router, create_ui_router
 

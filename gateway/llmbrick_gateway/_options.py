@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from llmbrick import ApiKeyAuth, CallerLimits, FlowRuntime, MemoryStore, StreamStore
+from llmbrick import ApiKeyAuth, CallerLimits, FlowRuntime, MemoryStore
+from llmbrick.store import StreamStore
 
 from ._command import (
     EXIT_USAGE,
@@ -253,6 +254,7 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="do not serve the playground page at /playground (and / redirecting to it) "
         + help_default("NO_PLAYGROUND", "served", "=1"),
     )
+    add_telemetry_options(serve)
 
 
 def _metrics_installed() -> bool:

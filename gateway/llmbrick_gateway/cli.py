@@ -28,7 +28,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NoReturn
 
-from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, Unavailable, as_runtime
+from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, Unavailable
+from llmbrick.serving import as_runtime
 
 from ._command import EXIT_FAILED as _EXIT_FAILED
 from ._command import EXIT_USAGE as _EXIT_USAGE
@@ -40,7 +41,7 @@ from ._command import port as _port
 from ._command import positive_float as _positive_float
 from ._command import seconds as _seconds
 from ._listen import bind_http, reserve_shared_port
-from ._options import ServeSettings, add_serve_options, add_telemetry_options, refuse_unshared_store
+from ._options import ServeSettings, add_serve_options, refuse_unshared_store
 from ._transports import TRANSPORTS, installed_transports, require_transport
 from ._workers import Supervisor, WorkerSpec, run_worker, worker_spec
 from .client import Target, connect, parse_url
@@ -164,7 +165,6 @@ def _parser() -> argparse.ArgumentParser:
         + _default("DEBUG", "off", "=1"),
     )
     add_serve_options(serve)
-    add_telemetry_options(serve)
 
     flows = commands.add_parser(
         "flows",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llmbrick import EchoLLM, KeywordGuard, Pipeline
+from llmbrick import Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 
 __all__ = ["demo_pipeline"]
 

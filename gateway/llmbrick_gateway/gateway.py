@@ -20,7 +20,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from llmbrick import FlowRuntime, as_runtime
+from llmbrick import FlowRuntime
+from llmbrick.serving import as_runtime
 
 from ._listen import bind_http
 from ._transports import TRANSPORTS, require_transport

@@ -27,8 +27,9 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from llmbrick import Event, LLMBrickError, StreamRecord, Unavailable, new_id
-from llmbrick.store import MemoryStore, StreamLog
+from llmbrick import Event, LLMBrickError, Unavailable
+from llmbrick.context import new_id
+from llmbrick.store import MemoryStore, StreamLog, StreamRecord
 
 __all__ = ["RedisStore"]
 

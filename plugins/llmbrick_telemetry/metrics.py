@@ -36,15 +36,9 @@ try:
 except ImportError as exc:
     raise missing_extra("llmbrick_telemetry's metrics", "metrics", exc.name) from exc
 
-from llmbrick import (
-    ErrorCode,
-    FlowRuntime,
-    FlowStream,
-    LLMBrickError,
-    RequestContext,
-    RuntimeObserver,
-    StreamResult,
-)
+from llmbrick import ErrorCode, FlowRuntime, LLMBrickError, RequestContext, RuntimeObserver
+from llmbrick.observe import StreamResult
+from llmbrick.stream import FlowStream
 
 if TYPE_CHECKING:
     from types import TracebackType

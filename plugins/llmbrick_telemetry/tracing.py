@@ -35,7 +35,9 @@ try:
 except ImportError as exc:
     raise missing_extra("llmbrick_telemetry's tracing", "otel", exc.name) from exc
 
-from llmbrick import FlowRuntime, FlowStream, LLMBrickError, RuntimeObserver, StreamResult
+from llmbrick import FlowRuntime, LLMBrickError, RuntimeObserver
+from llmbrick.observe import StreamResult
+from llmbrick.stream import FlowStream
 
 __all__ = ["NOT_ERRORS", "TracingObserver"]
 

@@ -25,7 +25,6 @@ import trustme
 from llmbrick import (
     ApiKeyAuth,
     ChatRequest,
-    EchoLLM,
     ErrorCode,
     ErrorInfo,
     Event,
@@ -37,6 +36,7 @@ from llmbrick import (
     Unavailable,
     current_context,
 )
+from llmbrick.bricks import EchoLLM
 from llmbrick.client import FlowClient, build_payload, error_in_body, exception_for
 from llmbrick_gateway import connect
 from llmbrick_grpc import GrpcClient, GrpcServer
@@ -529,7 +529,8 @@ def test_payloads_and_error_bodies() -> None:
 
 KEYED_APP = textwrap.dedent(
     """
-    from llmbrick import EchoLLM, FlowRegistry, Pipeline, current_context
+    from llmbrick import FlowRegistry, Pipeline, current_context
+    from llmbrick.bricks import EchoLLM
 
     registry = FlowRegistry()
     registry.register("default", Pipeline().add_brick(EchoLLM()))

@@ -15,21 +15,23 @@ from llmbrick import (
     Brick,
     ChatRequest,
     CommonBrick,
-    CommonRequest,
-    CommonResponse,
-    EchoLLM,
     FlowRuntime,
-    GuardVerdict,
-    KeywordGuard,
     LLMBrick,
     LLMBrickError,
-    LLMRequest,
     PermissionDenied,
     Pipeline,
     PipelineTypeError,
+    Unavailable,
+)
+from llmbrick.bricks import (
+    CommonRequest,
+    CommonResponse,
+    EchoLLM,
+    GuardVerdict,
+    KeywordGuard,
+    LLMRequest,
     TextChunk,
     TextInput,
-    Unavailable,
 )
 from llmbrick_grpc import GrpcServer, RemoteBrick
 from llmbrick_grpc.codec import decode_brick_info, error_from_metadata

@@ -13,7 +13,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # ty
     ProtoReflectionDescriptorDatabase,
 )
 
-from llmbrick import EchoLLM, KeywordGuard, Pipeline
+from llmbrick import Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_grpc import GrpcServer
 from tests.adapters.grpc_support import running
 from tests.support import TIMEOUT

@@ -14,16 +14,15 @@ from pydantic import BaseModel
 
 from llmbrick import (
     ChatRequest,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    KeywordGuard,
     Pipeline,
     Unauthenticated,
     Unavailable,
     error_event,
 )
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_grpc import GrpcClient, GrpcServer, encode_request
 from llmbrick_grpc.codec import error_from_metadata
 from llmbrick_grpc.stubs import flow_pb2, flow_pb2_grpc

@@ -10,15 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llmbrick import (
-    ChatRequest,
-    EchoLLM,
-    Event,
-    FlowRegistry,
-    FlowRuntime,
-    KeywordGuard,
-    Pipeline,
-)
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_sse import SSEServer
 from llmbrick_sse.endpoint import next_ping
 from tests.support import TIMEOUT, bound_socket, parse_sse, quiescent, serve_asgi, sse_events

@@ -9,12 +9,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from llmbrick import (
-    ApiKeyAuth,
-    FlowRegistry,
-    FlowRuntime,
-    MemoryStore,
-)
+from llmbrick import ApiKeyAuth, FlowRegistry, FlowRuntime, MemoryStore
 from llmbrick_sse import SSEServer
 from tests.support import TIMEOUT, Gate, parse_sse, serve_asgi
 

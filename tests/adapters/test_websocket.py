@@ -12,7 +12,8 @@ import pytest
 from litestar import Litestar
 from websockets.exceptions import ConnectionClosed
 
-from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, FlowStream, RequestContext
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, RequestContext
+from llmbrick.stream import FlowStream
 from llmbrick_websocket import WebSocketServer, create_router
 from llmbrick_websocket.codec import encode_event
 from tests.adapters.websocket_support import (

@@ -11,7 +11,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as raw_connect
 
-from llmbrick import ChatRequest, EchoLLM, Event, FlowRegistry, FlowRuntime, Pipeline
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, Pipeline
+from llmbrick.bricks import EchoLLM
 from llmbrick_websocket import WebSocketServer
 from tests.support import TIMEOUT, serve_asgi
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from llmbrick import LLMBrickError, LLMRequest, Message, TextChunk
+from llmbrick import LLMBrickError, Message
+from llmbrick.bricks import LLMRequest, TextChunk
 from llmbrick.bricks.models import BrickEvent, Document
 from llmbrick.bricks.openai import OpenAILLM
 from tests.bricks.conftest import KEY, MakeBrick

@@ -8,15 +8,8 @@ from typing import Any
 
 import pytest
 
-from llmbrick import (
-    Event,
-    FlowRegistry,
-    FlowRuntime,
-    KeywordGuard,
-    Pipeline,
-    RectifyBrick,
-    TextInput,
-)
+from llmbrick import Event, FlowRegistry, FlowRuntime, Pipeline, RectifyBrick
+from llmbrick.bricks import KeywordGuard, TextInput
 from llmbrick.bricks.openai import OpenAILLM
 from tests.bricks.conftest import KEY, MakeBrick
 from tests.bricks.upstream import Upstream

@@ -14,14 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from llmbrick import (
-    ChatRequest,
-    Event,
-    FlowRegistry,
-    PermissionDenied,
-    Unavailable,
-    WireModel,
-)
+from llmbrick import ChatRequest, Event, FlowRegistry, PermissionDenied, Unavailable, WireModel
 
 __all__ = ["XSS", "Flows", "SumRequest"]
 

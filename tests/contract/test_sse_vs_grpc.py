@@ -10,16 +10,8 @@ import grpc
 import httpx
 import pytest
 
-from llmbrick import (
-    ChatRequest,
-    EchoLLM,
-    Event,
-    FlowRegistry,
-    FlowRuntime,
-    KeywordGuard,
-    Pipeline,
-    error_event,
-)
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, Pipeline, error_event
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_grpc import GrpcClient, GrpcServer
 from llmbrick_grpc import status_for as grpc_status_for
 from llmbrick_sse import SSEServer

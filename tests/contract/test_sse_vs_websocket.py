@@ -12,17 +12,8 @@ import orjson
 import pytest
 from litestar import Litestar
 
-from llmbrick import (
-    ChatRequest,
-    EchoLLM,
-    ErrorInfo,
-    Event,
-    FlowRegistry,
-    FlowRuntime,
-    KeywordGuard,
-    Pipeline,
-    error_event,
-)
+from llmbrick import ChatRequest, ErrorInfo, Event, FlowRegistry, FlowRuntime, Pipeline, error_event
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_sse import create_router as sse_router
 from llmbrick_websocket import connect
 from llmbrick_websocket import create_router as websocket_router

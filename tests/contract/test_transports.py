@@ -13,16 +13,8 @@ from typing import Any
 
 import pytest
 
-from llmbrick import (
-    ChatRequest,
-    EchoLLM,
-    Event,
-    FlowRegistry,
-    FlowRuntime,
-    KeywordGuard,
-    PermissionDenied,
-    Pipeline,
-)
+from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, PermissionDenied, Pipeline
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_gateway import Gateway, connect
 from tests.support import TIMEOUT, serve_gateway
 

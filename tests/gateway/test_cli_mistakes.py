@@ -206,6 +206,10 @@ async def test_serve_help_shows_every_default() -> None:
         "--no-openai",
         "--no-ui",
         "--no-playground",
+        "--metrics,",
+        "--metrics-port",
+        "--otel",
+        "--log-format",
     }, shown
     for name, text in shown.items():
         if name != "-h,":
@@ -220,7 +224,7 @@ async def test_serve_help_shows_every_default() -> None:
 
 async def test_an_import_error_in_the_app_shows_the_users_frames_only(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
-        "from llmbrick import EchoLLM, Pipeline\nimport helper\n\npipeline = Pipeline()\n"
+        "from llmbrick import Pipeline\nimport helper\n\npipeline = Pipeline()\n"
     )
     (tmp_path / "helper.py").write_text("ready = False\nraise RuntimeError('no API key set')\n")
     code, out, err = await run("serve", "app.py", cwd=tmp_path, env=FREE_PORTS)
@@ -264,7 +268,7 @@ async def test_a_syntax_error_shows_the_file_and_line(tmp_path: Path) -> None:
 
 async def test_module_targets_are_found_in_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
-        "from llmbrick import EchoLLM, Pipeline\n"
+        "from llmbrick import Pipeline\nfrom llmbrick.bricks import EchoLLM\n"
         'pipeline = Pipeline().add_brick(EchoLLM(prefix="app: "))\n'
     )
     # The console script, as a user runs it: unlike `python -m`, it does not put the
@@ -283,7 +287,8 @@ async def test_a_file_with_several_apps_asks_which_one(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
         textwrap.dedent(
             """
-            from llmbrick import EchoLLM, FlowRegistry, FlowRuntime, Pipeline
+            from llmbrick import FlowRegistry, FlowRuntime, Pipeline
+            from llmbrick.bricks import EchoLLM
 
             pipeline = Pipeline().add_brick(EchoLLM())
             registry = FlowRegistry()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmbrick import EchoLLM, FlowRegistry, FlowRuntime, Pipeline
+from llmbrick import FlowRegistry, FlowRuntime, Pipeline
+from llmbrick.bricks import EchoLLM
 from llmbrick_gateway import TargetError, load_target
 
 
@@ -49,7 +50,8 @@ def test_a_server_and_the_pipeline_it_serves_are_one_app(tmp_path: Path) -> None
     target = app(
         tmp_path,
         """
-        from llmbrick import EchoLLM, KeywordGuard, Pipeline
+        from llmbrick import Pipeline
+        from llmbrick.bricks import EchoLLM, KeywordGuard
         from llmbrick_sse import SSEServer
 
         pipeline = Pipeline().add_brick(KeywordGuard(["bomb"])).add_brick(EchoLLM())
@@ -69,7 +71,8 @@ def test_bricks_inside_a_served_pipeline_are_parts_not_apps(tmp_path: Path) -> N
     target = app(
         tmp_path,
         """
-        from llmbrick import EchoLLM, KeywordGuard, Pipeline
+        from llmbrick import Pipeline
+        from llmbrick.bricks import EchoLLM, KeywordGuard
         from llmbrick_grpc import GrpcServer
 
         llm = EchoLLM()
@@ -86,7 +89,8 @@ def test_servers_sharing_one_runtime_are_one_app(tmp_path: Path) -> None:
     target = app(
         tmp_path,
         """
-        from llmbrick import EchoLLM, FlowRegistry, FlowRuntime
+        from llmbrick import FlowRegistry, FlowRuntime
+        from llmbrick.bricks import EchoLLM
         from llmbrick_sse import SSEServer
         from llmbrick_websocket import WebSocketServer
 
@@ -106,7 +110,9 @@ def test_imported_classes_modules_and_functions_are_not_candidates(tmp_path: Pat
         tmp_path,
         """
         import llmbrick
-        from llmbrick import EchoLLM, FlowRegistry, LLMBrick, Pipeline, as_runtime
+        from llmbrick import FlowRegistry, LLMBrick, Pipeline
+        from llmbrick.bricks import EchoLLM
+        from llmbrick.serving import as_runtime
         from llmbrick_gateway import demo_pipeline
 
         class Shouting(LLMBrick):
@@ -120,7 +126,7 @@ def test_imported_classes_modules_and_functions_are_not_candidates(tmp_path: Pat
 
 
 def test_a_single_brick_is_served(tmp_path: Path) -> None:
-    target = app(tmp_path, "from llmbrick import EchoLLM\nllm = EchoLLM()\n")
+    target = app(tmp_path, "from llmbrick.bricks import EchoLLM\nllm = EchoLLM()\n")
     assert isinstance(load_target(target), EchoLLM)
 
 
@@ -128,7 +134,8 @@ def test_several_apps_are_refused_with_their_names(tmp_path: Path) -> None:
     target = app(
         tmp_path,
         """
-        from llmbrick import EchoLLM, FlowRegistry, Pipeline
+        from llmbrick import FlowRegistry, Pipeline
+        from llmbrick.bricks import EchoLLM
         pipeline = Pipeline().add_brick(EchoLLM())
         registry = FlowRegistry()
         registry.register("other", Pipeline().add_brick(EchoLLM()))
@@ -148,7 +155,8 @@ def test_a_module_that_builds_its_app_lazily_is_asked_for_it(tmp_path: Path) -> 
     target = app(
         tmp_path,
         """
-        from llmbrick import EchoLLM, Pipeline
+        from llmbrick import Pipeline
+        from llmbrick.bricks import EchoLLM
 
         def __getattr__(name):
             if name == "pipeline":

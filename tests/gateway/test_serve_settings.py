@@ -80,6 +80,10 @@ def test_every_option_has_its_variable(monkeypatch: pytest.MonkeyPatch, tmp_path
         "NO_OPENAI": "1",
         "NO_UI": "yes",
         "NO_PLAYGROUND": "true",
+        "METRICS": "0",
+        "METRICS_PORT": "9100",
+        "OTEL": "1",
+        "LOG_FORMAT": "json",
     }
     for name, value in variables.items():
         monkeypatch.setenv(f"LLMBRICK_{name}", value)
@@ -101,6 +105,12 @@ def test_every_option_has_its_variable(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert got.allowed_hosts == ("api.example.com", "*.example.org")
     assert got.cors_origins == ("https://a.example.com", "https://b.example.com")
     assert (got.openai, got.ui, got.playground) == (False, False, False)
+    assert (got.metrics, got.metrics_port, got.tracing, got.log_format) == (
+        False,
+        9100,
+        True,
+        "json",
+    )
     # An option given on the command line wins over its variable.
     again = settings("--allowed-host", "x.example.com", "--workers", "1", "--grace", "1")
     assert (again.allowed_hosts, again.workers, again.grace) == (("x.example.com",), 1, 1.0)
@@ -182,7 +192,9 @@ def test_every_mistake_is_one_line_and_exit_2(
     authenticated.write_text(
         textwrap.dedent(
             """
-            from llmbrick import ApiKeyAuth, EchoLLM, FlowRuntime, Pipeline, as_runtime
+            from llmbrick import ApiKeyAuth, FlowRuntime, Pipeline
+            from llmbrick.bricks import EchoLLM
+            from llmbrick.serving import as_runtime
 
             runtime = as_runtime(Pipeline().add_brick(EchoLLM()))
             runtime.authenticator = ApiKeyAuth(["k-app"])

@@ -138,7 +138,8 @@ async def test_serve_an_upstream_style_app_over_sse_and_call_it(sse_only: Instal
     (sse_only.work / "app.py").write_text(
         textwrap.dedent(
             """
-            from llmbrick import EchoLLM, Pipeline
+            from llmbrick import Pipeline
+            from llmbrick.bricks import EchoLLM
             from llmbrick.servers.sse import SSEServer
 
             server = SSEServer(Pipeline().add_brick(EchoLLM(prefix="wheel: ")))

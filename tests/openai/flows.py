@@ -9,15 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmbrick import (
-    ChatRequest,
-    EchoLLM,
-    Event,
-    FlowRegistry,
-    KeywordGuard,
-    Pipeline,
-    Unavailable,
-)
+from llmbrick import ChatRequest, Event, FlowRegistry, Pipeline, Unavailable
+from llmbrick.bricks import EchoLLM, KeywordGuard
 
 #: The weather tool the ``tools`` flow calls.
 WEATHER_CALL = {"id": "call_w1", "name": "get_weather", "arguments": '{"city": "Paris"}'}

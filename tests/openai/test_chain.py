@@ -20,14 +20,13 @@ import pytest
 from llmbrick import (
     ChatRequest,
     DeadlineExceeded,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    KeywordGuard,
     OpenAILLM,
     Pipeline,
 )
+from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_gateway import Gateway
 from llmbrick_grpc import GrpcClient
 from llmbrick_sse import SSEClient, create_openai_router

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from llmbrick import ChatRequest, FlowRuntime, Headers, InvalidRequest
+from llmbrick import ChatRequest, FlowRuntime, InvalidRequest
+from llmbrick.context import Headers
 from llmbrick_sse import OpenAICodec, Rejected
 from llmbrick_sse.openai_response import ChunkWriter, completion, error_object, status_for
 from tests.openai.flows import Flows, user

@@ -8,15 +8,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmbrick import (
-    ChatRequest,
-    Event,
-    FlowRuntime,
-    FlowStream,
-    LLMBrickError,
-    RuntimeObserver,
-    StreamResult,
-)
+from llmbrick import ChatRequest, Event, FlowRuntime, LLMBrickError, RuntimeObserver
+from llmbrick.observe import StreamResult
+from llmbrick.stream import FlowStream
 from tests.support import TIMEOUT
 
 #: The one API key the tests' ApiKeyAuth accepts, and the principal it names.

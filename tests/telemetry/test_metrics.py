@@ -14,17 +14,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from llmbrick import (
     ApiKeyAuth,
     ChatRequest,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    KeywordGuard,
     Pipeline,
     RequestContext,
     RuntimeObserver,
     TranslateBrick,
 )
-from llmbrick.bricks import TextInput, TranslateRequest
+from llmbrick.bricks import EchoLLM, KeywordGuard, TextInput, TranslateRequest
 from llmbrick_grpc import GrpcClient, GrpcServer
 from llmbrick_http import build_app
 from llmbrick_sse import SSEServer

@@ -20,24 +20,27 @@ from llmbrick import (
     ApiKeyAuth,
     ChatRequest,
     CommonBrick,
-    CommonRequest,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    FlowStream,
-    KeywordGuard,
     LLMBrick,
     LLMBrickError,
-    LLMRequest,
     Pipeline,
     RequestContext,
     RuntimeObserver,
-    TextChunk,
     TranslateBrick,
 )
-from llmbrick.bricks import TextInput, TranslateRequest
+from llmbrick.bricks import (
+    CommonRequest,
+    EchoLLM,
+    KeywordGuard,
+    LLMRequest,
+    TextChunk,
+    TextInput,
+    TranslateRequest,
+)
 from llmbrick.flow_control import Pump
+from llmbrick.stream import FlowStream
 from llmbrick_grpc import GrpcClient, GrpcServer
 from llmbrick_sse import SSEServer
 from llmbrick_telemetry import TracingObserver

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from llmbrick import (
-    FAIR_SLICE,
     ApiKeyAuth,
     CallerLimits,
     ChatRequest,
@@ -19,15 +18,16 @@ from llmbrick import (
     Event,
     FlowRegistry,
     FlowRuntime,
-    Headers,
     Overloaded,
     PermissionDenied,
     Principal,
     RequestContext,
     Unauthenticated,
     current_context,
-    hash_key,
 )
+from llmbrick.auth import hash_key
+from llmbrick.context import Headers
+from llmbrick.stream import FAIR_SLICE
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 

@@ -21,10 +21,10 @@ from llmbrick import (
     data_event,
     done_event,
     error_event,
-    event_problem,
     meta_event,
     text_event,
 )
+from llmbrick.events import event_problem
 
 
 def test_constructors_build_plain_dicts() -> None:

@@ -12,20 +12,18 @@ import pytest
 from llmbrick import (
     ApiKeyAuth,
     ChatRequest,
-    EchoLLM,
     Event,
     FlowRegistry,
     FlowRuntime,
-    FlowStream,
-    KeywordGuard,
     LLMBrickError,
     Pipeline,
     RequestContext,
     RuntimeObserver,
-    StreamResult,
     TranslateBrick,
 )
-from llmbrick.bricks import TextInput, TranslateRequest
+from llmbrick.bricks import EchoLLM, KeywordGuard, TextInput, TranslateRequest
+from llmbrick.observe import StreamResult
+from llmbrick.stream import FlowStream
 
 HELLO = {"messages": [{"role": "user", "content": "hello world"}]}
 

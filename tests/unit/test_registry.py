@@ -10,14 +10,14 @@ import pytest
 from llmbrick import (
     ChatRequest,
     DuplicateFlow,
-    EchoLLM,
     Event,
     FlowNotFound,
     FlowRegistry,
     FlowRuntime,
     Pipeline,
-    as_runtime,
 )
+from llmbrick.bricks import EchoLLM
+from llmbrick.serving import as_runtime
 
 
 async def hello(request: ChatRequest) -> AsyncIterator[Event]:

@@ -21,9 +21,8 @@ from llmbrick import (
     LLMBrickError,
     MemoryStore,
     RequestContext,
-    StreamLog,
-    StreamRecord,
 )
+from llmbrick.store import StreamLog, StreamRecord
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}]}
 
