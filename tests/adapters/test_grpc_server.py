@@ -57,7 +57,7 @@ def registry(hold: Hold | None = None) -> FlowRegistry:
     async def made_up_code(request: ChatRequest) -> AsyncIterator[Event]:
         yield error_event("QUOTA", "quota used up")
 
-    @registry.flow("slow", timeout=0.05)
+    @registry.flow("slow", timeout=0.5)
     async def slow(request: ChatRequest) -> AsyncIterator[Event]:
         yield {"type": "text", "text": "waiting"}
         await asyncio.Event().wait()

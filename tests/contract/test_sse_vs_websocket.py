@@ -43,7 +43,7 @@ def flows() -> FlowRegistry:
         yield {"type": "text", "text": "partial"}
         yield error_event("UNAVAILABLE", "upstream down", {"retry": True})
 
-    @registry.flow("slow", timeout=0.05)
+    @registry.flow("slow", timeout=0.5)
     async def slow(request: ChatRequest) -> AsyncIterator[Event]:
         yield {"type": "text", "text": "waiting"}
         await asyncio.Event().wait()
