@@ -27,12 +27,17 @@ def model_accepts(target: type[BaseModel], source: type[BaseModel]) -> bool:
 
     True for subclasses, and structurally when every required field of
     ``target`` exists in ``source`` with the same annotation (nested models are
-    compared the same way).
+    compared the same way) and, when ``target`` has fields, at least one of them
+    is carried over: a conversion that would fill every field with its default
+    throws the value away (a text chunk turned into an empty free-form request).
     """
     if issubclass(source, target):
         return True
     source_fields = source.model_fields
-    for name, field in target.model_fields.items():
+    target_fields = target.model_fields
+    if target_fields and not target_fields.keys() & source_fields.keys():
+        return False
+    for name, field in target_fields.items():
         other = source_fields.get(name)
         if other is None:
             if field.is_required():

@@ -75,9 +75,19 @@ class Pipeline:
             previous = (
                 f"brick {self._bricks[-1].name!r}" if self._bricks else "the pipeline's request"
             )
+            wanted = brick.input_model.model_fields
+            carried = source.model_fields
+            why = ""
+            if wanted and not wanted.keys() & carried.keys():
+                why = (
+                    f": none of {source.__name__}'s fields ({', '.join(carried) or 'none'}) is "
+                    f"one of {brick.input_model.__name__}'s ({', '.join(wanted)}), so the value "
+                    "would be lost; give the brick an input model with those fields, or put a "
+                    "brick that converts in between"
+                )
             raise PipelineTypeError(
                 f"brick {brick.name!r} ({brick.kind}) expects {brick.input_model.__name__}, "
-                f"but {previous} produces {source.__name__}"
+                f"but {previous} produces {source.__name__}{why}"
             )
         self._bricks.append(brick)
         self._carried = brick.output_for(source)

@@ -446,3 +446,22 @@ async def test_brick_events_skip_the_later_bricks_and_keep_their_place() -> None
         ("text", "B", None),
         ("done", None, None),
     ]
+
+
+def test_a_brick_that_would_throw_the_text_away_is_refused_with_the_reason() -> None:
+    summarise = CommonBrick(name="summarise")
+
+    @summarise.unary
+    async def _(request: CommonRequest) -> CommonResponse:
+        return CommonResponse(data={"words": len(request.data)})
+
+    with pytest.raises(PipelineTypeError) as caught:
+        Pipeline().add_brick(EchoLLM(name="llm")).add_brick(summarise)
+    message = str(caught.value)
+    assert (
+        "brick 'summarise' (common) expects CommonRequest, but brick 'llm' produces TextChunk"
+        in message
+    )
+    assert "none of TextChunk's fields (text, model) is one of CommonRequest's (data)" in message
+    # As a pipeline's first step it fits: a chat request has nothing to lose here either way.
+    assert model_accepts(CommonRequest, CommonRequest)
