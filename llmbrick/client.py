@@ -278,6 +278,31 @@ class FlowClient(ABC):
         return collect_events(events)
 
     @abstractmethod
+    def resume(self, stream_id: str, after: int = 0, *, token: str | None = None) -> EventStream:
+        """The events of a kept stream after event ``after``, then live until its end.
+
+        A server with a store keeps every stream (its id is in the
+        ``x-llmbrick-stream-id`` header, ``llmbrick-stream-id`` metadata, or the
+        WebSocket ``started`` reply); any transport resumes a stream started on any
+        other. What the server refuses (an unknown or someone else's stream: the
+        same ``NOT_FOUND``) is the stream's terminal event, as for :meth:`stream`.
+
+        Args:
+            stream_id: the server's stream id.
+            after: the last event id received (0: from the start).
+            token: the stream's token, instead of this client's credentials.
+        """
+
+    @abstractmethod
+    async def cancel(self, stream_id: str, *, token: str | None = None) -> None:
+        """End a stream now with a ``CANCELLED`` terminal event; what it produced is kept.
+
+        Raises:
+            Unavailable: no server could be reached.
+            LLMBrickError: the server refused (``NOT_FOUND`` for an unknown stream).
+        """
+
+    @abstractmethod
     async def list_flows(self) -> list[dict[str, Any]]:
         """The server's flows: ``[{name, description, requestSchema}]``, as ``GET /flows``.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,12 +202,63 @@ class GrpcClient(FlowClient):
         """
         return self._guard(self._events(build_payload(flow, request), self._deadline(timeout)))
 
-    async def _events(
-        self, payload: dict[str, Any], deadline: float | None
-    ) -> AsyncGenerator[Event]:
-        call = self._flows().Stream(
-            encode_request(payload), timeout=deadline, metadata=self.metadata
+    def resume(
+        self,
+        stream_id: str,
+        after: int = 0,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """The events of a kept stream after ``after``: ``FlowService.Resume``
+        (see :meth:`FlowClient.resume`)."""
+        request = flow_pb2.ResumeRequest(stream_id=stream_id, after=after)
+        if token is not None:
+            request.token = token
+        deadline = self._deadline(timeout)
+        return self._guard(
+            self._events(
+                None,
+                deadline,
+                lambda: self._flows().Resume(request, timeout=deadline, metadata=self.metadata),
+            )
         )
+
+    async def cancel(
+        self,
+        stream_id: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees
+    ) -> None:
+        """``FlowService.Cancel`` (see :meth:`FlowClient.cancel`)."""
+        self._check_open()
+        request = flow_pb2.CancelRequest(stream_id=stream_id)
+        if token is not None:
+            request.token = token
+        try:
+            await self._flows().Cancel(
+                request, timeout=self._deadline(timeout), metadata=self.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = error_from_metadata(exc.trailing_metadata())
+            if error is None:
+                raise self._failure(exc) from exc
+            raise exception_for(error) from exc
+
+    async def _events(
+        self,
+        payload: dict[str, Any] | None,
+        deadline: float | None,
+        open_call: Callable[[], Any] | None = None,
+    ) -> AsyncGenerator[Event]:
+        if open_call is None:
+            assert payload is not None
+            call = self._flows().Stream(
+                encode_request(payload), timeout=deadline, metadata=self.metadata
+            )
+        else:
+            call = open_call()
         try:
             async for response in call:
                 for message in response.events:

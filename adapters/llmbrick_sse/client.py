@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -115,16 +115,43 @@ class SSEClient(FlowClient):
         """
         return self._guard(self._events(build_payload(flow, request)))
 
-    async def _events(self, payload: dict[str, Any]) -> AsyncGenerator[Event]:
-        answered = False
+    def resume(self, stream_id: str, after: int = 0, *, token: str | None = None) -> EventStream:
+        """The events of a kept stream after ``after``: ``GET /streams/<id>`` with
+        ``Last-Event-ID`` (see :meth:`FlowClient.resume`)."""
+        headers = {"last-event-id": f"{stream_id}:{after}"} if after else {}
+        params = {"token": token} if token is not None else {}
+        url = f"{self.prefix}/streams/{quote(stream_id, safe='')}"
+        return self._guard(self._events(None, "GET", url, headers=headers, params=params))
+
+    async def cancel(self, stream_id: str, *, token: str | None = None) -> None:
+        """``DELETE /streams/<id>`` (see :meth:`FlowClient.cancel`)."""
+        self._check_open()
+        params = {"token": token} if token is not None else {}
+        url = f"{self.prefix}/streams/{quote(stream_id, safe='')}"
         try:
-            async with aconnect_sse(
-                self._http,
-                "POST",
-                self.path,
-                content=orjson.dumps(payload),
-                headers={"content-type": "application/json"},
-            ) as source:
+            response = await self._http.delete(url, params=params)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code == 204:
+            return
+        error = error_in_body(response.content)
+        if error is None:
+            raise self._unreachable(self._not_llmbrick(response))
+        raise exception_for(error)
+
+    async def _events(
+        self,
+        payload: dict[str, Any] | None,
+        method: str = "POST",
+        url: str | None = None,
+        **options: Any,
+    ) -> AsyncGenerator[Event]:
+        answered = False
+        if payload is not None:
+            options["content"] = orjson.dumps(payload)
+            options["headers"] = {"content-type": "application/json"}
+        try:
+            async with aconnect_sse(self._http, method, url or self.path, **options) as source:
                 response = source.response
                 answered = True
                 if response.status_code != 200:

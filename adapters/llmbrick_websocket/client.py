@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -40,7 +40,9 @@ from .codec import (
     ServerFrame,
     code_for_close,
     encode_cancel,
+    encode_cancel_kept,
     encode_list_flows,
+    encode_resume,
     encode_start,
     parse_server_frame,
 )
@@ -74,19 +76,22 @@ class ClientStream:
         "_events",
         "_finished",
         "_last",
-        "_request",
+        "_opening",
         "_socket",
         "_started",
         "id",
         "stream_id",
     )
 
-    def __init__(self, client: WebSocketClient, stream_id: str, request: dict[str, Any]) -> None:
+    def __init__(
+        self, client: WebSocketClient, stream_id: str, opening: Callable[[str], str]
+    ) -> None:
         self.id = stream_id
         #: The server's id of the stream (to resume it), once the server confirmed the start.
         self.stream_id: str | None = None
         self._client = client
-        self._request = request
+        # The frame that opens the stream (a start or a resume), given the wire id.
+        self._opening = opening
         self._events: asyncio.Queue[Event | LLMBrickError] = asyncio.Queue()
         self._socket: _Socket | None = None
         self._last: Event | None = None
@@ -365,7 +370,16 @@ class WebSocketClient(FlowClient):
         if id is not None and not 0 < len(id) <= MAX_ID_LENGTH:
             raise ValueError(f"a stream id must have 1 to {MAX_ID_LENGTH} characters")
         stream_id = id if id is not None else str(next(self._ids))
-        return ClientStream(self, stream_id, build_payload(flow, request))
+        payload = build_payload(flow, request)
+        return ClientStream(self, stream_id, lambda wire_id: encode_start(wire_id, payload))
+
+    def resume(self, stream_id: str, after: int = 0, *, token: str | None = None) -> ClientStream:
+        """The events of a kept stream after ``after``, with a ``resume`` frame on this
+        connection (see :meth:`FlowClient.resume`)."""
+        wire_id = str(next(self._ids))
+        return ClientStream(
+            self, wire_id, lambda wire: encode_resume(wire, stream_id, after, token)
+        )
 
     async def start(
         self,
@@ -383,11 +397,26 @@ class WebSocketClient(FlowClient):
         await stream.start()
         return stream
 
-    async def cancel(self, stream_id: str) -> None:
-        """Ask the server to cancel a stream; its terminal event (``CANCELLED``) follows."""
+    async def cancel(self, stream_id: str, *, token: str | None = None) -> None:
+        """End a stream with a ``CANCELLED`` terminal event (see :meth:`FlowClient.cancel`).
+
+        ``stream_id`` is the server's id; the wire id of one of this connection's
+        own streams works too (its ``CANCELLED`` event then ends that stream here).
+        A refusal (``NOT_FOUND``) comes back as an error frame on the connection,
+        which this method does not wait for.
+
+        Raises:
+            Unavailable: no server could be reached.
+        """
         socket = self._socket
         if socket is not None and stream_id in socket.streams:
             await socket.send_quietly(encode_cancel(stream_id))
+            return
+        try:
+            socket = await self._open()
+        except _Refused as refused:
+            raise exception_for(refused.error) from refused
+        await socket.send(encode_cancel_kept(stream_id, token))
 
     async def list_flows(self) -> list[dict[str, Any]]:
         """The server's flows, with a ``flows`` frame on the connection.
@@ -444,7 +473,7 @@ class WebSocketClient(FlowClient):
             raise ValueError(f"stream id {stream.id!r} is already running on this connection")
         socket.streams[stream.id] = stream
         try:
-            await socket.send(encode_start(stream.id, stream._request))
+            await socket.send(stream._opening(stream.id))
         except BaseException:
             socket.forget(stream)
             raise

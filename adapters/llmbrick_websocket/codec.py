@@ -4,6 +4,7 @@ Client to server (JSON text frames)::
 
     {"type": "start", "id": "<stream id>", "request": {...}}
     {"type": "cancel", "id": "<stream id>"}
+    {"type": "cancel", "streamId": "<server's id>"}
     {"type": "resume", "id": "<stream id>", "streamId": "<server's id>", "after": <last event id>}
     {"type": "flows"}
 
@@ -56,6 +57,7 @@ __all__ = [
     "close_for",
     "code_for_close",
     "encode_cancel",
+    "encode_cancel_kept",
     "encode_event",
     "encode_flows",
     "encode_list_flows",
@@ -125,9 +127,12 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """A client asks to stop one of its streams."""
+    """A client asks to stop one of its streams (``id``), or any stream it may see by the
+    server's id (``stream_id``, with its ``token`` if the client has it)."""
 
-    id: str
+    id: str | None
+    stream_id: str | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +203,8 @@ def parse_client_frame(text: str) -> Start | Cancel | Resume | ListFlows | Probl
         if kind is None:
             return Problem(f'the frame has no "type"; use {_KIND_NAMES}')
         return Problem(f"unknown frame type {repr(kind)[:64]}; use {_KIND_NAMES}")
+    if kind == "cancel" and "id" not in frame and "streamId" in frame:
+        return _cancel_by_server_id(frame)
     stream_id = _stream_id(frame)
     if isinstance(stream_id, Problem):
         return stream_id
@@ -214,6 +221,16 @@ def parse_client_frame(text: str) -> Start | Cancel | Resume | ListFlows | Probl
 
 _KINDS = ("start", "cancel", "resume")
 _KIND_NAMES = '"start", "cancel" or "resume"'
+
+
+def _cancel_by_server_id(frame: dict[str, Any]) -> Cancel | Problem:
+    kept = frame.get("streamId")
+    if type(kept) is not str or not kept or len(kept) > MAX_ID_LENGTH:
+        return Problem('"streamId" must be the server\'s stream id (a string)')
+    token = frame.get("token")
+    if token is not None and type(token) is not str:
+        return Problem('"token" must be a string')
+    return Cancel(None, kept, token)
 
 
 def _resume(frame: dict[str, Any], stream_id: str) -> Resume | Problem:
@@ -265,9 +282,11 @@ def encode_flows(flows: list[dict[str, Any]]) -> str:
     return orjson.dumps({"type": "flows", "flows": flows}).decode()
 
 
-def encode_problem(message: str, stream_id: str | None = None) -> str:
+def encode_problem(
+    message: str, stream_id: str | None = None, code: str = ErrorCode.INVALID_ARGUMENT.value
+) -> str:
     """The frame answering a client frame the server could not act on."""
-    error = {"code": ErrorCode.INVALID_ARGUMENT.value, "message": message}
+    error = {"code": code, "message": message}
     frame: dict[str, Any] = {"type": "error", "error": error}
     if stream_id is not None:
         frame["id"] = stream_id
@@ -301,8 +320,16 @@ def encode_resume(stream_id: str, kept: str, after: int, token: str | None = Non
 
 
 def encode_cancel(stream_id: str) -> str:
-    """A client's ``cancel`` frame."""
+    """A client's ``cancel`` frame for one of its own streams."""
     return orjson.dumps({"type": "cancel", "id": stream_id}).decode()
+
+
+def encode_cancel_kept(kept: str, token: str | None = None) -> str:
+    """A client's ``cancel`` frame for a stream by the server's id (one it may not read)."""
+    frame: dict[str, Any] = {"type": "cancel", "streamId": kept}
+    if token is not None:
+        frame["token"] = token
+    return orjson.dumps(frame).decode()
 
 
 def encode_list_flows() -> str:

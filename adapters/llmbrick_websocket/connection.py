@@ -224,7 +224,10 @@ class _Connection:
             if type(command) is Start:
                 await self._start(command)
             elif type(command) is Cancel:
-                await self._cancel(command.id)
+                if command.id is not None:
+                    await self._cancel(command.id)
+                else:
+                    await self._cancel_kept(command)
             elif type(command) is Resume:
                 await self._resume(command)
             elif type(command) is ListFlows:
@@ -310,6 +313,15 @@ class _Connection:
             await self._runtime.cancel(stream.id, context=self._context, token=record.token)
         except LLMBrickError:
             pass  # it ended meanwhile: its terminal event is on its way
+
+    async def _cancel_kept(self, command: Cancel) -> None:
+        assert command.stream_id is not None
+        try:
+            await self._runtime.cancel(
+                command.stream_id, context=self._context, token=command.token
+            )
+        except LLMBrickError as exc:
+            await self._put(encode_problem(exc.message, code=exc.code.value))
 
     async def _pump(self, record: _Stream) -> None:
         record.started = True

@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as redis
@@ -72,6 +73,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', meta, ARGV[2])
 return n
 """
+
+# Store settings a --store URL may carry in its query string, and how each is read.
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "lease": float,
+    "keep_for": float,
+    "prefix": str,
+    "max_events": int,
+}
 
 _LOST_MESSAGE = (
     "the instance running this stream stopped before it ended; what it stored is above, "
@@ -127,8 +136,28 @@ class RedisStore(MemoryStore):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on ``redis://host:port/db`` (or ``rediss://`` for TLS)."""
-        return cls(redis.Redis.from_url(url), **options)
+        """A store on ``redis://host:port/db`` (or ``rediss://`` for TLS).
+
+        The store's own settings may ride in the query string, so that one
+        ``--store`` value says everything: ``?lease=5&keep_for=600&prefix=app1``
+        (the rest of the query goes to redis-py).
+
+        Raises:
+            ValueError: a setting of the store is not a number where one is needed.
+        """
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {key: value for key, value in query if key in _URL_OPTIONS}
+        rest = [(key, value) for key, value in query if key not in _URL_OPTIONS]
+        for key, value in ours.items():
+            try:
+                options.setdefault(key, _URL_OPTIONS[key](value))
+            except ValueError:
+                raise ValueError(
+                    f"the Redis store's {key} must be a number, got {value!r}"
+                ) from None
+        plain = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(redis.Redis.from_url(plain), **options)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.prefix} instance={self.instance}>"
