@@ -112,3 +112,38 @@ async def test_remote_brick_served_by_a_second_process() -> None:
     finally:
         brick_server.terminate()
         await asyncio.wait_for(brick_server.wait(), TIMEOUT)
+
+
+async def test_the_openai_pipeline_reaches_a_model_behind_another_gateway(
+    monkeypatch: Any,
+) -> None:
+    """The example, configured by environment only, against an echo behind an OpenAI API."""
+    from llmbrick import Pipeline
+    from llmbrick.bricks import EchoLLM
+
+    upstream = Gateway(
+        Pipeline().add_brick(EchoLLM(prefix="model says: ")),
+        http_port=0,
+        transports=["sse"],
+        openai=True,
+        out=None,
+    )
+    async with serve_gateway(upstream) as model:
+        base = model.urls["sse"].removesuffix("/chat/completions") + "/v1"
+        monkeypatch.setenv("OPENAI_BASE_URL", base)
+        monkeypatch.setenv("OPENAI_API_KEY", "not-checked")
+        monkeypatch.setenv("LLMBRICK_MODEL", "default")
+        example = load("openai_pipeline")
+        served = Gateway(example.pipeline, http_port=0, grpc_port=0, out=None)
+        async with serve_gateway(served) as gateway:
+            request = {"messages": [{"role": "user", "content": "hello there"}]}
+            for transport in ("sse", "websocket", "grpc"):
+                assert await text_over(gateway.urls[transport], request) == (
+                    "model says: hello there"
+                )
+            async with connect(gateway.urls["grpc"]) as client:
+                refused = await client.invoke(
+                    "default", {"messages": [{"role": "user", "content": "a bomb"}]}
+                )
+        await example.pipeline.aclose()
+    assert refused["error"] is not None and refused["error"]["code"] == "PERMISSION_DENIED"
