@@ -78,6 +78,13 @@ class _BareServicer(flow_pb2_grpc.FlowServiceServicer):
     async def ListFlows(self, request: flow_pb2.ListFlowsRequest, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server only streams")
 
+    async def Resume(self, request: flow_pb2.ResumeRequest, context: Any) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server keeps no streams")
+        yield  # never reached (abort raises); makes this the streaming method it overrides
+
+    async def Cancel(self, request: flow_pb2.CancelRequest, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server keeps no streams")
+
     async def Stream(
         self, request: flow_pb2.StreamRequest, context: Any
     ) -> AsyncIterator[flow_pb2.StreamResponse]:

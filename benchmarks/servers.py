@@ -251,6 +251,13 @@ async def _serve_bare_grpc(batch: bool) -> None:
         async def ListFlows(self, request: Any, context: Any) -> Any:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server only streams")
 
+        async def Resume(self, request: Any, context: Any) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server keeps no streams")
+            yield  # never reached (abort raises); makes this the streaming method it overrides
+
+        async def Cancel(self, request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server keeps no streams")
+
         async def Stream(self, request: Any, context: Any) -> AsyncIterator[Any]:
             params = bench_params(orjson.loads(request.extra_json)["metadata"]["bench"])
             if not batch:  # one message per event, built where it is sent
