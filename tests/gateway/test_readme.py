@@ -16,7 +16,7 @@ def examples() -> list[tuple[list[str], list[list[str]]]]:
     for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
         serve: list[str] = []
         calls = []
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines as one
             command = COMMAND.match(line.strip())
             if command is None:
                 continue
