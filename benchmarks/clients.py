@@ -5,7 +5,13 @@ Each reader runs one stream and fills a :class:`Stream` record: when it began
 the terminal event came and the stream ended cleanly. Events are counted in
 the raw wire units without decoding them: an SSE event is one ``data:`` line,
 a WebSocket event one ``"progress":"`` key (so frames carrying several events
-count right), a gRPC event one ``Event`` of a ``StreamResponse``.
+count right), a gRPC event one ``Event`` of a ``StreamResponse``. The OpenAI
+route's chunks are decoded, as an SDK would (:func:`read_openai`): a content
+delta is an event, and so is the chunk carrying ``finish_reason`` (the flow's
+``done``), so a stream counts the same events there as on llmbrick's SSE route.
+
+A server that checks keys gets ``Authorization: Bearer <key>``: every reader and
+request builder takes the headers (gRPC: metadata) to send.
 
 A paced stream also records each event's lateness against the flow's schedule
 (:class:`Stream`). For the ``abuse`` scenarios there are clients that never read
@@ -20,7 +26,7 @@ import base64
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import httptools
@@ -35,6 +41,7 @@ __all__ = [
     "open_slow_sse",
     "open_slow_ws",
     "read_grpc",
+    "read_openai",
     "read_sse",
     "read_ws",
     "request_body",
@@ -138,10 +145,11 @@ def request_body(
     burst: int = 1,
     flow: str | None = None,
 ) -> dict[str, Any]:
-    """The request every server of ``dialect`` (``llmbrick`` or ``upstream``) understands.
+    """The request every server of ``dialect`` (``llmbrick``, ``upstream``, ``openai``) understands.
 
     ``flow`` names another flow of ``benchmarks/app.py`` (``greedy``, ``big``); only
-    our servers have them.
+    our servers have them. The OpenAI route names the flow in ``model`` and hands the
+    request's ``metadata`` to the flow as ``ChatRequest.metadata`` (docs/openai.md).
     """
     params = {"count": count, "mode": mode, "interval": interval, "burst": burst}
     messages = [{"role": "user", "content": "bench"}]
@@ -155,6 +163,8 @@ def request_body(
             "toolChoice": {"mode": mode, "interval": interval, "burst": burst},
         }
     body: dict[str, Any] = {"messages": messages, "metadata": {"bench": params}}
+    if dialect == "openai":
+        return {"model": flow or "default", "stream": True, **body}
     if flow is not None:
         body["flow"] = flow
     return body
@@ -223,25 +233,84 @@ class _SSEProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def sse_request(port: int, body: dict[str, Any]) -> bytes:
-    """The HTTP/1.1 request bytes of one SSE stream."""
+class _OpenAIProtocol(_SSEProtocol):
+    """The OpenAI route's stream: ``data: {chunk}`` frames, then ``data: [DONE]``.
+
+    Each frame is decoded (JSON), as an SDK would: a content delta counts as an event,
+    and so does the chunk with ``finish_reason`` (the flow's ``done`` event), which
+    makes the count that of llmbrick's SSE route (every ``text`` event and the terminal
+    one). ``[DONE]`` is the clean end; an ``{"error": ...}`` frame fails the stream.
+    """
+
+    def __init__(self, stream: Stream, request: bytes, closed: asyncio.Future[None]) -> None:
+        super().__init__(stream, request, closed)
+        self.pending = b""  # the start of a frame whose end has not arrived
+
+    def on_body(self, body: bytes) -> None:
+        frames = (self.pending + body).split(b"\n\n")
+        self.pending = frames.pop()
+        stream = self.stream
+        count = 0
+        for frame in frames:
+            for line in frame.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue  # a ": ping" comment
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    stream.terminal = True
+                    stream.ended = _clock()
+                    continue
+                chunk = orjson.loads(payload)
+                if "error" in chunk:
+                    error = chunk["error"]
+                    stream.fail(f"error frame: {error.get('code')}: {error.get('message')}")
+                    continue
+                for choice in chunk["choices"]:
+                    if choice["delta"].get("content") is not None or choice["finish_reason"]:
+                        count += 1
+        if count:
+            stream.got(count)
+
+
+def _header_lines(headers: Mapping[str, str] | None) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+
+
+def sse_request(
+    port: int,
+    body: dict[str, Any],
+    path: str = "/chat/completions",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The HTTP/1.1 request bytes of one SSE stream (``path``: the OpenAI route's too)."""
     payload = orjson.dumps(body)
     head = (
-        f"POST /chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         "content-type: application/json\r\naccept: text/event-stream\r\n"
-        f"content-length: {len(payload)}\r\n\r\n"
+        f"{_header_lines(headers)}content-length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
 
 
 async def read_sse(stream: Stream, port: int, request: bytes, idle: bool = False) -> None:
     """Run one SSE stream to its end; ``idle``: to its first event, leaving it open."""
+    await _read_http(stream, port, request, idle, _SSEProtocol)
+
+
+async def read_openai(stream: Stream, port: int, request: bytes, idle: bool = False) -> None:
+    """:func:`read_sse` for the OpenAI route's chunks (``sse_request`` to its path)."""
+    await _read_http(stream, port, request, idle, _OpenAIProtocol)
+
+
+async def _read_http(
+    stream: Stream, port: int, request: bytes, idle: bool, protocol: type[_SSEProtocol]
+) -> None:
     stream.began = _clock()
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     try:
         transport, _ = await loop.create_connection(
-            lambda: _SSEProtocol(stream, request, closed), "127.0.0.1", port
+            lambda: protocol(stream, request, closed), "127.0.0.1", port
         )
     except OSError as exc:
         stream.fail(f"connect: {exc}")
@@ -262,11 +331,18 @@ _PROGRESS = '"progress":"'
 _WS_DONE = ('"progress":"DONE"', '"progress":"ERROR"')
 
 
-async def read_ws(stream: Stream, url: str, start: str, idle: bool = False) -> None:
+async def read_ws(
+    stream: Stream,
+    url: str,
+    start: str,
+    idle: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> None:
     """Run one stream over its own WebSocket connection, as a browser tab would.
 
     Cancelled, it drops the connection at once (as a closed tab would), unless the
-    stream is an idle one already handed over (``stream.keep``).
+    stream is an idle one already handed over (``stream.keep``). ``headers`` go with
+    the handshake.
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import WebSocketException
@@ -275,7 +351,12 @@ async def read_ws(stream: Stream, url: str, start: str, idle: bool = False) -> N
     stream.began = _clock()
     try:
         ws = await connect(
-            url, compression=None, ping_interval=None, max_size=None, open_timeout=None
+            url,
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            open_timeout=None,
+            additional_headers=dict(headers or {}),
         )
     except (OSError, TimeoutError, WebSocketException) as exc:
         stream.fail(f"connect: {type(exc).__name__}: {exc}")
@@ -349,12 +430,18 @@ class GrpcTarget:
         self.stubs.clear()
 
 
-async def read_grpc(stream: Stream, stub: Any, request: Any, idle: bool = False) -> None:
+async def read_grpc(
+    stream: Stream,
+    stub: Any,
+    request: Any,
+    idle: bool = False,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> None:
     """Run one ``FlowService/Stream`` call to its end; ``idle``: to its first event."""
     import grpc
 
     stream.began = _clock()
-    call = stub.Stream(request)
+    call = stub.Stream(request, metadata=tuple(metadata) or None)
     try:
         async for response in call:
             events = response.events

@@ -3,8 +3,12 @@
 It runs in its own process, pinned to other CPUs than the server's, and reads
 the server's CPU time and memory from ``/proc/<pid>`` (the process and its
 children) at the edges of each measured window. The job names the transport,
-the ports and pid of a server that is already listening, the request dialect,
-the client's CPUs and a :class:`~benchmarks.scenarios.Scenario`.
+the ports and pid of a server that is already listening, the request dialect
+(``llmbrick``, ``upstream``, ``openai``), the API key to send (if any), the
+client's CPUs and a :class:`~benchmarks.scenarios.Scenario`, and may name
+``sides``: processes the server relies on without owning them (the redis-server
+of the ``*-redis`` kinds), whose CPU time is read at the same edges and reported
+apart (``<name>_cpu_us_per_event``), never added to the server's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from benchmarks.clients import (
     open_slow_sse,
     open_slow_ws,
     read_grpc,
+    read_openai,
     read_sse,
     read_ws,
     request_body,
@@ -63,6 +68,28 @@ _PLATEAU_KB = 1024  # slow: two RSS samples 1 s apart within this mean RSS stopp
 _RSS_CAP_KB = 3 << 20  # slow: stop waiting once the server grew by 3 GiB (a shared machine)
 
 
+class _Sides:
+    """CPU time of the processes named in the job's ``sides`` over a measured window."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.began: dict[str, float] = {}
+
+    def begin(self) -> None:
+        """Mark the window's start."""
+        self.began = {name: cpu_seconds(pid, tree=False) for name, pid in self.pids.items()}
+
+    def figures(self, events: int, wall: float) -> dict[str, float | None]:
+        """Each side's CPU µs per event and CPU share since :meth:`begin`."""
+        found: dict[str, float | None] = {}
+        for name, pid in self.pids.items():
+            cpu = cpu_seconds(pid, tree=False) - self.began[name]
+            found[f"{name}_cpu_s"] = cpu
+            found[f"{name}_cpu_us_per_event"] = cpu / events * 1e6 if events else None
+            found[f"{name}_cpu_share"] = cpu / wall if wall else None
+        return found
+
+
 class _Opener:
     """Starts streams of one transport against one server."""
 
@@ -70,6 +97,10 @@ class _Opener:
         self.transport: str = job["transport"]
         self.dialect: str = job["dialect"]
         self.port: int = job["port"]
+        key = job.get("api_key")
+        #: Sent with every request (gRPC: as metadata) when the server checks keys.
+        self.headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.sides = _Sides(job.get("sides") or {})
         self.interval = scenario.interval
         self.burst = scenario.burst
         self._requests: dict[tuple[int, str, str | None], Any] = {}
@@ -90,7 +121,8 @@ class _Opener:
         if request is None:
             body = self.body(count, mode, flow)
             if self.transport == "sse":
-                request = sse_request(self.port, body)
+                path = "/v1/chat/completions" if self.dialect == "openai" else "/chat/completions"
+                request = sse_request(self.port, body, path, self.headers)
             elif self.transport == "ws":
                 request = orjson.dumps({"type": "start", "id": "1", "request": body}).decode()
             else:
@@ -117,12 +149,14 @@ class _Opener:
         request = self.request(count, mode, flow)
         idle = mode == IDLE
         if self.transport == "sse":
-            return read_sse(stream, self.port, request, idle)
+            read = read_openai if self.dialect == "openai" else read_sse
+            return read(stream, self.port, request, idle)
         if self.transport == "ws":
-            return read_ws(stream, f"ws://127.0.0.1:{self.port}/ws", request, idle)
+            url = f"ws://127.0.0.1:{self.port}/ws"
+            return read_ws(stream, url, request, idle, self.headers)
         target = self.grpc_new if new_channel else self.grpc
         assert target is not None
-        return read_grpc(stream, target.stub(), request, idle)
+        return read_grpc(stream, target.stub(), request, idle, tuple(self.headers.items()))
 
 
 async def _run_all(
@@ -173,6 +207,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     await _warm_up(opener, min(scenario.events, 500))
     counter = Counter()
     streams = [Stream(counter) for _ in range(scenario.streams)]
+    opener.sides.begin()
     cpu, client, began = cpu_seconds(pid), time.process_time(), _clock()
     await _run_all(
         streams,
@@ -184,6 +219,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     cpu = cpu_seconds(pid) - cpu
     client = time.process_time() - client
     events = counter.events
+    sides = opener.sides.figures(events, wall)
     failed = sum(not s.ok or s.events != scenario.events + 1 for s in streams)
     return {
         "streams": scenario.streams,
@@ -200,6 +236,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
         "errors": _errors(streams),
         "peak_rss_kb": rss_kb(pid),
         **_ttfe(streams),
+        **sides,
     }
 
 
@@ -239,12 +276,14 @@ async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any
     await asyncio.wait([s.first_seen for s in running], timeout=scenario.timeout)
     ramp = _clock() - began
     counter.recording = True
+    opener.sides.begin()
     cpu, client, events, began = cpu_seconds(pid), time.process_time(), counter.events, _clock()
     await asyncio.sleep(scenario.measure_s)
     cpu = cpu_seconds(pid) - cpu
     client = time.process_time() - client
     window = _clock() - began
     events = counter.events - events
+    sides = opener.sides.figures(events, window)
     fresh = [Stream(Counter()) for _ in range(scenario.new_streams)]
     opened = []
     pause = scenario.storm_s / max(1, scenario.new_streams)
@@ -278,6 +317,7 @@ async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any
         "new_ttfe_p50_ms": new_ttfe["ttfe_p50_ms"],
         "new_ttfe_p99_ms": new_ttfe["ttfe_p99_ms"],
         **_ttfe(running),
+        **sides,
     }
 
 
