@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 __all__ = [
+    "API_KEY",
     "BURST",
     "CLIENT_CPU",
     "FAST",
@@ -45,6 +46,9 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 #: The line a server prints on stdout once it listens: ``READY <port>``.
 READY = "READY"
+#: The one key of the ``*-guarded`` servers' ``ApiKeyAuth``, which the load client sends as
+#: ``Authorization: Bearer <key>`` to them (loopback only: not a secret).
+API_KEY = "llmbrick-bench-key"
 
 FAST = "fast"  # one loop turn (``await asyncio.sleep(0)``) between events, as the reference did
 PACED = "paced"  # event k due at start + k * interval (a model's token pace)

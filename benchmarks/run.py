@@ -11,6 +11,12 @@ written to ``benchmarks/results/latest.md`` (and the raw figures to ``latest.jso
 ``--workers N`` (N > 1) serves our SSE, WebSocket and gRPC with the gateway command,
 ``python -m llmbrick_gateway serve benchmarks.app:registry --workers N``, pinned to
 the first N CPUs; the load client (and every bare baseline's client) gets the rest.
+The variants of ours (a store, keys and metrics, the OpenAI route) are one process
+each and compare with one process: with N > 1 they are left out.
+
+When a ``*-redis`` server is to run, one redis-server is started for the whole run
+(pinned with the servers, emptied before each server starts) and stopped at its end;
+if it cannot start (not installed), those servers are left out and the run says why.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
 import orjson
 
 from benchmarks.common import CLIENT_CPU, READY, ROOT, SERVER_CPU, cpu_list, prepare_process
+from benchmarks.redis_server import RedisProcess
 from benchmarks.report import render, targets
 from benchmarks.scenarios import SERVERS, Scenario, Server, scenarios
 from benchmarks.upstream import ensure_upstream, upstream_python
@@ -138,10 +145,18 @@ def _wait_gateway(
 
 
 def _start(
-    server: Server, placement: _Placement, log: IO[bytes], log_path: Path
+    server: Server,
+    placement: _Placement,
+    log: IO[bytes],
+    log_path: Path,
+    redis: RedisProcess | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, int], frozenset[int]]:
-    """Start ``server``; its process, its ports (``port`` first) and the CPUs it is pinned to."""
-    workers = placement.workers if server.command == "servers" and server.ours else 1
+    """Start ``server``; its process, its ports (``port`` first) and the CPUs it is pinned to.
+
+    ``redis``: the run's redis-server, for a ``*-redis`` server (emptied first).
+    """
+    ours = server.command == "servers" and server.ours and not server.base
+    workers = placement.workers if ours else 1
     gateway = server.command == "gateway" or workers > 1
     cpus = placement.server_cpus if workers > 1 else placement.bare_cpus
     pin = functools.partial(prepare_process, set(cpus))
@@ -150,6 +165,14 @@ def _start(
             command = [str(upstream_python()), str(ROOT / "benchmarks" / "upstream_server.py")]
         else:
             command = [sys.executable, "-m", "benchmarks.servers", server.name]
+        if server.store == "redis":
+            if redis is None:
+                raise _Failed("no redis-server for this run")
+            try:
+                redis.flush()
+            except RuntimeError as exc:
+                raise _Failed(str(exc)) from None
+            command += ["--redis", redis.url]
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin
         )
@@ -188,20 +211,31 @@ def _start(
 
 
 def run_one(
-    server: Server, scenario: Scenario, placement: _Placement, log: IO[bytes], log_path: Path
+    server: Server,
+    scenario: Scenario,
+    placement: _Placement,
+    log: IO[bytes],
+    log_path: Path,
+    redis: RedisProcess | None = None,
 ) -> dict[str, Any]:
     """Start ``server``, run ``scenario`` against it in a client process, stop the server.
+
+    ``redis``: the run's redis-server (a ``*-redis`` server stores there; the client
+    reads its CPU time as a side figure).
 
     Raises:
         _Failed: the server did not start or the client gave no result.
     """
-    process, ports, cpus = _start(server, placement, log, log_path)
+    process, ports, cpus = _start(server, placement, log, log_path, redis)
     try:
+        sides = {"redis": redis.pid} if redis is not None and server.store == "redis" else {}
         job = {
             "transport": server.transport,
             "dialect": server.dialect,
             **ports,
             "pid": process.pid,
+            "api_key": server.api_key or None,
+            "sides": sides,
             "client_cpus": sorted(placement.client_cpus),
             "scenario": scenario.to_json(),
         }
@@ -266,6 +300,7 @@ def _summary_line(result: dict[str, Any]) -> str:
     keys = (
         ("events_per_s", "{:,.0f} ev/s"),
         ("cpu_us_per_event", "{:.1f} us/ev"),
+        ("redis_cpu_us_per_event", "redis-server {:.1f} us/ev"),
         ("ttfe_p99_ms", "TTFE p99 {:.0f} ms"),
         ("kb_per_stream", "{:.1f} KB/stream"),
         ("lateness_p99_ms", "late p99 {:.0f} ms"),
@@ -314,6 +349,53 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
+def _measure(
+    options: argparse.Namespace,
+    chosen: list[Scenario],
+    orders: list[list[Server]],
+    placement: _Placement,
+    skipped: dict[str, str],
+    redis: RedisProcess | None,
+) -> list[dict[str, Any]]:
+    """Every rep, scenario and server in its order; a refused server joins ``skipped``."""
+    runs: list[dict[str, Any]] = []
+    for rep in range(1, options.reps + 1):
+        for scenario in chosen:
+            if scenario.max_reps and rep > scenario.max_reps:
+                continue
+            for server in orders[rep - 1]:
+                if not scenario.runs_on(server) or server.name in skipped:
+                    continue
+                label = f"[rep {rep}/{options.reps}] {scenario.name:<12} {server.name:<15}"
+                print(label, end=" ", flush=True)
+                started = time.monotonic()
+                run: dict[str, Any] = {"rep": rep, "scenario": scenario.name, "server": server.name}
+                log_path = _RAW / f"{scenario.name}-{server.name}-{rep}.log"
+                with log_path.open("wb") as log:
+                    try:
+                        run["result"] = run_one(server, scenario, placement, log, log_path, redis)
+                        line = _summary_line(run["result"])
+                    except _Rejected as exc:
+                        skipped[server.name] = str(exc)
+                        run["error"] = str(exc)
+                        line = f"SKIPPED for the rest of the run: {exc}"
+                    except _Failed as exc:
+                        run["error"] = str(exc)
+                        line = f"ERROR: {exc} ({log_path.relative_to(ROOT)})"
+                run["seconds"] = time.monotonic() - started
+                runs.append(run)
+                print(f"{line}  [{run['seconds']:.1f} s]", flush=True)
+    return runs
+
+
+def _leave_out(found: list[Server], reason: str, skipped: dict[str, str]) -> None:
+    """Skip ``found`` for the whole run, saying so in one line (and in the report)."""
+    if found:
+        names = ", ".join(server.name for server in found)
+        print(f"WARNING: {reason}: {names} left out of this run", flush=True)
+        skipped.update((server.name, reason) for server in found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite and write the report; the exit code is 0 even when a target fails."""
     options = _parse(argv)
@@ -339,35 +421,32 @@ def main(argv: list[str] | None = None) -> int:
     options.out.mkdir(parents=True, exist_ok=True)
     print(f"seed {options.seed} (pass --seed {options.seed} for the same order)", flush=True)
     began, load_before = time.monotonic(), os.getloadavg()
-    runs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    running = [s for s in servers if any(scenario.runs_on(s) for scenario in chosen)]
+    if placement.workers > 1:
+        reason = f"the variants of ours run as one process, not as --workers {placement.workers}"
+        _leave_out([s for s in running if s.base], reason, skipped)
+    redis: RedisProcess | None = None
+    needs_redis = [s for s in running if s.store == "redis" and s.name not in skipped]
+    if needs_redis:
+        redis = RedisProcess(placement.bare_cpus)
+        try:
+            redis.start()
+            print(
+                f"redis-server {redis.version} on {redis.url}, pinned to CPU "
+                f"{cpu_list(placement.bare_cpus)}",
+                flush=True,
+            )
+            versions["redis-server"] = redis.version
+        except RuntimeError as exc:
+            _leave_out(needs_redis, str(exc), skipped)
+            redis = None
     orders = _orders(servers, options.reps, options.seed)
-    for rep in range(1, options.reps + 1):
-        for scenario in chosen:
-            if scenario.max_reps and rep > scenario.max_reps:
-                continue
-            for server in orders[rep - 1]:
-                if not scenario.runs_on(server) or server.name in skipped:
-                    continue
-                label = f"[rep {rep}/{options.reps}] {scenario.name:<12} {server.name:<15}"
-                print(label, end=" ", flush=True)
-                started = time.monotonic()
-                run: dict[str, Any] = {"rep": rep, "scenario": scenario.name, "server": server.name}
-                log_path = _RAW / f"{scenario.name}-{server.name}-{rep}.log"
-                with log_path.open("wb") as log:
-                    try:
-                        run["result"] = run_one(server, scenario, placement, log, log_path)
-                        line = _summary_line(run["result"])
-                    except _Rejected as exc:
-                        skipped[server.name] = str(exc)
-                        run["error"] = str(exc)
-                        line = f"SKIPPED for the rest of the run: {exc}"
-                    except _Failed as exc:
-                        run["error"] = str(exc)
-                        line = f"ERROR: {exc} ({log_path.relative_to(ROOT)})"
-                run["seconds"] = time.monotonic() - started
-                runs.append(run)
-                print(f"{line}  [{run['seconds']:.1f} s]", flush=True)
+    try:
+        runs = _measure(options, chosen, orders, placement, skipped, redis)
+    finally:
+        if redis is not None:
+            redis.stop()
     elapsed = time.monotonic() - began
     meta = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -1,11 +1,18 @@
-"""The scenarios of issue 7 and the counts this suite runs them with (full and ``--quick``)."""
+"""The scenarios of issue 7 and the counts this suite runs them with (full and ``--quick``).
+
+Also the servers: ours, the baselines, the gateway of the abuse scenarios, and the
+variants of ours that change one thing (a stream store, keys and metrics, the OpenAI
+route), each compared with the server it varies.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["SERVERS", "Scenario", "Server", "scenarios"]
+from benchmarks.common import API_KEY
+
+__all__ = ["SERVERS", "VARIANTS", "Scenario", "Server", "scenarios"]
 
 _ALL = ("sse", "ws", "grpc")
 
@@ -18,17 +25,57 @@ class Server:
     ``upstream`` (``upstream_server.py`` in upstream's virtualenv) or ``gateway``
     (``python -m llmbrick_gateway serve benchmarks.app:registry``, every transport in one
     process; ``transport`` is then the one the scenario's streams use). An ``explicit``
-    server runs only in the scenarios that name it in ``Scenario.servers``.
+    server runs only in the scenarios that name it in ``Scenario.servers`` or
+    ``Scenario.extra``.
+
+    A variant of ours names its ``base`` (the server it changes one thing of, which its
+    ratios and targets compare with); ``store`` says which stream store its runtime keeps
+    (``redis``: run.py starts a redis-server for it) and ``api_key`` the bearer key the
+    load client must send.
     """
 
     name: str
     transport: str
     label: str
     ours: bool
-    dialect: str = "llmbrick"  # the request shape it understands
+    dialect: str = "llmbrick"  # the request shape it understands: llmbrick, upstream, openai
     command: str = "servers"
     explicit: bool = False
+    base: str = ""
+    store: str = ""  # "", "memory" or "redis"
+    api_key: str = ""
 
+
+def _variant(name: str, base: str, label: str, **options: Any) -> Server:
+    """A variant of our ``base`` server (``sse``, ``grpc``), run only where a scenario names it."""
+    return Server(name, base, label, ours=True, explicit=True, base=base, **options)
+
+
+_SSE_VARIANTS = (
+    _variant(
+        "sse-memstore", "sse", "llmbrick SSE, MemoryStore (every stream kept)", store="memory"
+    ),
+    _variant("sse-redis", "sse", "llmbrick SSE, RedisStore on a local redis-server", store="redis"),
+    _variant(
+        "sse-guarded", "sse", "llmbrick SSE, ApiKeyAuth + Prometheus metrics", api_key=API_KEY
+    ),
+    _variant(
+        "openai", "sse", "llmbrick SSE server, OpenAI route /v1/chat/completions", dialect="openai"
+    ),
+)
+_GRPC_VARIANTS = (
+    _variant(
+        "grpc-memstore", "grpc", "llmbrick gRPC, MemoryStore (every stream kept)", store="memory"
+    ),
+    _variant(
+        "grpc-redis", "grpc", "llmbrick gRPC, RedisStore on a local redis-server", store="redis"
+    ),
+    _variant(
+        "grpc-guarded", "grpc", "llmbrick gRPC, ApiKeyAuth + Prometheus metrics", api_key=API_KEY
+    ),
+)
+#: The variants of ours, in the order of :data:`SERVERS`.
+VARIANTS = tuple(server.name for server in _SSE_VARIANTS + _GRPC_VARIANTS)
 
 SERVERS: tuple[Server, ...] = (
     Server("sse", "sse", "llmbrick SSE", ours=True),
@@ -41,11 +88,13 @@ SERVERS: tuple[Server, ...] = (
         dialect="upstream",
         command="upstream",
     ),
+    *_SSE_VARIANTS,
     Server("ws", "ws", "llmbrick WebSocket", ours=True),
     Server("bare-ws", "ws", "bare websockets", ours=False),
     Server("grpc", "grpc", "llmbrick gRPC", ours=True),
     Server("bare-grpc", "grpc", "bare grpc.aio, one message per event", ours=False),
     Server("bare-grpc-batch", "grpc", "bare grpc.aio, batching as ours (64 events)", ours=False),
+    *_GRPC_VARIANTS,
     *(
         Server(
             f"gw-{transport}",
@@ -75,6 +124,7 @@ class Scenario:
     transports: tuple[str, ...] = _ALL
     skip: tuple[str, ...] = ()  # servers left out of this scenario
     servers: tuple[str, ...] = ()  # explicit servers this scenario runs (see Server)
+    extra: tuple[str, ...] = ()  # explicit servers it runs besides the usual ones (variants)
     group: str = ""  # ``--scenarios GROUP`` selects every scenario of the group
     max_reps: int = 0  # run in the first max_reps reps only (0: every rep)
     mode: str = "fast"  # fast: the flow's mode (fast or burst)
@@ -112,7 +162,7 @@ class Scenario:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scenario:
         """The inverse of :meth:`to_json`."""
-        tuples = ("transports", "skip", "servers", "steps")
+        tuples = ("transports", "skip", "servers", "extra", "steps")
         return cls(**{**data, **{key: tuple(data[key]) for key in tuples}})
 
     @property
@@ -125,6 +175,8 @@ class Scenario:
         """Whether ``server`` takes part in this scenario."""
         if server.transport not in self.transports or server.name in self.skip:
             return False
+        if server.name in self.extra:
+            return True
         return server.name in self.servers if self.servers or server.explicit else True
 
 
@@ -138,7 +190,9 @@ _NO_BATCH = " bare-grpc-batch is left out: an idle stream has nothing to batch."
 
 def _full() -> list[Scenario]:
     return [
-        Scenario("single", "fast", "1 stream x 100,000 events", 1, 100_000, timeout=180),
+        Scenario(
+            "single", "fast", "1 stream x 100,000 events", 1, 100_000, extra=VARIANTS, timeout=180
+        ),
         Scenario("c200", "fast", "200 streams x 1,000 events", 200, 1_000, timeout=180),
         Scenario(
             "c1000",
@@ -178,6 +232,7 @@ def _full() -> list[Scenario]:
             5_000,
             note=_PER_100 + _NO_BATCH,
             skip=("bare-grpc-batch",),
+            extra=("sse-memstore",),
             streams_per_channel=100,
             connect_limit=250,
         ),
@@ -202,6 +257,7 @@ def _full() -> list[Scenario]:
             timeout=60,
             note="Each new stream opens its own connection on SSE and WebSocket; " + _PER_100,
             streams_per_channel=100,
+            extra=VARIANTS,
         ),
         Scenario(
             "burst",

@@ -19,6 +19,19 @@ carries the parameters as ``metadata.bench = {"count", "mode", "interval", "burs
   buffer (at most 64 events) while the servicer writes, and each ``StreamResponse``
   carries every event waiting, so the comparison with ours is not one of batching.
 
+Variants of ours, each changing one thing of ``sse`` or ``grpc`` (the same adapter with
+its defaults, on a ``FlowRuntime`` of the same registry built here):
+
+- ``sse-memstore``, ``grpc-memstore``: ``FlowRuntime(registry, store=MemoryStore())``:
+  every stream is kept (its events appended to a log the client reads).
+- ``sse-redis``, ``grpc-redis``: ``store=RedisStore.from_url(--redis URL)``, opened
+  before the server listens, as the gateway does (run.py starts the redis-server).
+- ``sse-guarded``, ``grpc-guarded``: ``authenticator=ApiKeyAuth([API_KEY])`` and the
+  Prometheus observer of ``llmbrick_telemetry`` (``install(runtime, metrics=True)``;
+  counted, not scraped: ``/metrics`` is not served).
+- ``openai``: the ``sse`` server itself (``SSEServer`` mounts the OpenAI route under
+  ``/v1``): the load client calls ``POST /v1/chat/completions`` instead.
+
 The bare servers are floors, not equals: none of them watches for a client that went
 away mid-flow, sends keepalive pings of its own or limits anything.
 
@@ -36,6 +49,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from benchmarks.common import (
+    API_KEY,
     IDLE,
     READY,
     SERVER_CPU,
@@ -47,7 +61,16 @@ from benchmarks.common import (
 
 __all__ = ["KINDS", "main"]
 
-KINDS = ("sse", "ws", "grpc", "bare-sse", "bare-ws", "bare-grpc", "bare-grpc-batch")
+_VARIANTS = (
+    "sse-memstore",
+    "sse-redis",
+    "sse-guarded",
+    "openai",
+    "grpc-memstore",
+    "grpc-redis",
+    "grpc-guarded",
+)
+KINDS = ("sse", "ws", "grpc", "bare-sse", "bare-ws", "bare-grpc", "bare-grpc-batch", *_VARIANTS)
 _BACKLOG = 4096
 #: Events per message at most, as ``GrpcServer``'s ``max_batch``.
 _GRPC_BATCH = 64
@@ -84,7 +107,40 @@ def _flows() -> Any:
     return build_registry()
 
 
-def _uvicorn(app: Any, **options: Any) -> None:
+def _target(kind: str, redis_url: str | None) -> Any:
+    """What ``kind`` serves: the registry (``sse``, ``grpc``: as shipped) or a variant's runtime.
+
+    Raises:
+        SystemExit: a ``*-redis`` kind without ``--redis``.
+    """
+    variant = kind.partition("-")[2]
+    if variant not in ("memstore", "redis", "guarded"):
+        return _flows()  # the plain servers and openai: the adapter makes the runtime
+    from llmbrick import ApiKeyAuth, FlowRuntime, MemoryStore
+
+    if variant == "memstore":
+        return FlowRuntime(_flows(), store=MemoryStore())
+    if variant == "redis":
+        if not redis_url:
+            raise SystemExit(f"{kind} needs --redis redis://HOST:PORT/DB")
+        from llmbrick_redis import RedisStore
+
+        return FlowRuntime(_flows(), store=RedisStore.from_url(redis_url))
+    from llmbrick_telemetry import install
+
+    runtime = FlowRuntime(_flows(), authenticator=ApiKeyAuth([API_KEY]))
+    install(runtime, metrics=True)
+    return runtime
+
+
+async def _open_store(runtime: Any) -> None:
+    """Open the runtime's store, if any, as the gateway does before it serves."""
+    if runtime.store is not None:
+        await runtime.store.open()
+
+
+def _uvicorn(app: Any, runtime: Any = None, **options: Any) -> None:
+    """Serve ``app`` on uvicorn; ``runtime``: open its store first, in the server's loop."""
     import uvicorn
     import uvloop
 
@@ -98,14 +154,21 @@ def _uvicorn(app: Any, **options: Any) -> None:
     }
     sock = _listen()
     server = uvicorn.Server(uvicorn.Config(app, **settings))
-    _announce(sock.getsockname()[1])
-    uvloop.run(server.serve(sockets=[sock]))
+
+    async def serve() -> None:
+        if runtime is not None:
+            await _open_store(runtime)
+        await server.serve(sockets=[sock])
+
+    _announce(sock.getsockname()[1])  # connections wait in the backlog until it serves
+    uvloop.run(serve())
 
 
-def _serve_sse() -> None:
+def _serve_sse(target: Any) -> None:
     from llmbrick_sse import SSEServer
 
-    _uvicorn(SSEServer(_flows()).app, ws="none")
+    server = SSEServer(target)
+    _uvicorn(server.app, server.runtime, ws="none")
 
 
 def _serve_ws() -> None:
@@ -115,10 +178,11 @@ def _serve_ws() -> None:
     _uvicorn(server.app, **server.uvicorn_options())
 
 
-async def _serve_grpc() -> None:
+async def _serve_grpc(target: Any) -> None:
     from llmbrick_grpc import GrpcServer
 
-    server = GrpcServer(_flows())
+    server = GrpcServer(target)
+    await _open_store(server.runtime)
     port = await server.start("127.0.0.1", 0)
     _announce(port)
     await server.wait_for_termination()
@@ -301,13 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     prepare_process(SERVER_CPU)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=KINDS)
-    kind = parser.parse_args(argv).kind
-    if kind == "sse":
-        _serve_sse()
-    elif kind == "ws":
+    parser.add_argument("--redis", help="the Redis URL of the *-redis kinds' store")
+    options = parser.parse_args(argv)
+    kind = options.kind
+    if kind == "ws":
         _serve_ws()
-    elif kind == "grpc":
-        asyncio.run(_serve_grpc())
+    elif kind in ("sse", "openai") or kind.startswith("sse-"):
+        _serve_sse(_target(kind, options.redis))
+    elif kind == "grpc" or kind.startswith("grpc-"):
+        asyncio.run(_serve_grpc(_target(kind, options.redis)))
     elif kind == "bare-sse":
         _uvicorn(_bare_sse_app(), lifespan="off", ws="none")
     elif kind == "bare-ws":
