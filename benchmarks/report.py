@@ -7,14 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.scenarios import SERVERS
+
 __all__ = ["BASELINES", "aggregate", "render", "targets"]
 
-#: For each of our servers, the baselines it is compared with.
+#: For each of our servers, the baselines it is compared with; a variant of ours (a
+#: store, keys and metrics, the OpenAI route) with the server it changes.
 BASELINES: dict[str, tuple[str, ...]] = {
     "sse": ("bare-sse", "upstream"),
     "ws": ("bare-ws",),
     "grpc": ("bare-grpc", "bare-grpc-batch"),
+    **{server.name: (server.base,) for server in SERVERS if server.base},
 }
+#: Processes a server relies on without owning them, whose CPU is reported apart.
+_SIDES = ("redis",)
 _FAILURES = ("failed", "new_failed")
 
 Spread = tuple[float, float, float]  # median, min, max
@@ -153,6 +159,22 @@ def _ratios(kind: str, server: str, rows: dict[str, dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def _side_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The CPU of each row's side processes (redis-server), which its own figure leaves out."""
+    lines = []
+    for name, row in rows.items():
+        for side in _SIDES:
+            if f"{side}_cpu_us_per_event" not in row["figures"]:
+                continue
+            cost = _cell(row, f"{side}_cpu_us_per_event", "num")
+            share = _cell(row, f"{side}_cpu_share", "num", spread=False)
+            lines.append(
+                f"- {name}: {side}-server {cost} µs CPU/event (CPU share {share}), "
+                "not counted in the server's figure"
+            )
+    return lines
+
+
 def _scenario_section(scenario: dict[str, Any], document: dict[str, Any], table: Any) -> list[str]:
     names = [
         s["name"]
@@ -180,6 +202,9 @@ def _scenario_section(scenario: dict[str, Any], document: dict[str, Any], table:
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {_ratios(scenario['kind'], name, rows)} |"
         )
+    sides = _side_lines(rows)
+    if sides:
+        lines += ["", *sides]
     errors = {name: row["errors"] for name, row in rows.items() if row["errors"]}
     if errors:
         lines.append("")
@@ -201,9 +226,21 @@ class _Target:
     baseline: str | None = None  # the value is ours / baseline; None: ours as is
     zero_failed: bool = False
     source: str = "issue 7"  # where the target comes from
+    also: str | None = None  # a server to show the ratio to, for information only
 
 
 _REVIEW = "review"  # targets added by the benchmark review, not in issue 7
+#: For each variant of ours: the most its server CPU per event may cost, as a multiple of
+#: the server it changes, on one fast stream and on 1,000 paced ones; and the target's source.
+_VARIANT_LIMITS = (
+    ("sse-guarded", 1.05, "production"),
+    ("grpc-guarded", 1.05, "production"),
+    ("openai", 1.2, "openai"),
+    ("sse-memstore", 1.1, "resume"),
+    ("grpc-memstore", 1.1, "resume"),
+    ("sse-redis", 1.5, "resume"),
+    ("grpc-redis", 1.5, "resume"),
+)
 
 
 def _issue_targets() -> tuple[_Target, ...]:
@@ -257,7 +294,28 @@ def _issue_targets() -> tuple[_Target, ...]:
     return tuple(found)
 
 
-_TARGETS = _issue_targets()
+def _variant_targets() -> tuple[_Target, ...]:
+    """What a store, keys and metrics, and the OpenAI route may cost (see _VARIANT_LIMITS)."""
+    found = []
+    for server, limit, source in _VARIANT_LIMITS:
+        base = BASELINES[server][0]
+        for scenario in ("single", "paced"):
+            text = f"{scenario} {server}: server CPU/event <= {limit}x {base}"
+            found.append(
+                _Target(
+                    text, scenario, server, "cpu_us_per_event", "<=", limit, base, source=source
+                )
+            )
+    text = "idle5000 sse-memstore: KB per idle stream <= 20"
+    found.append(
+        _Target(
+            text, "idle5000", "sse-memstore", "kb_per_stream", "<=", 20, source="resume", also="sse"
+        )
+    )
+    return tuple(found)
+
+
+_TARGETS = _issue_targets() + _variant_targets()
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda value, limit: value <= limit,
     "<": lambda value, limit: value < limit,
@@ -291,6 +349,17 @@ def _check(target: _Target, table: dict[tuple[str, str], dict[str, Any]]) -> dic
                 return result
             value = ours / base
             figures = f"{value:.2f}x (ours {figures}, {target.baseline} {_fmt(base, 'num')})"
+        if target.also is not None:
+            other = _median(table.get((target.scenario, target.also)), target.figure)
+            if other:
+                figures += f" ({ours / other:.2f}x {target.also}: {_fmt(other, 'num')})"
+            else:
+                figures += f" ({target.also} not measured)"
+        if target.figure == "cpu_us_per_event":
+            for side in _SIDES:
+                cost = _median(row, f"{side}_cpu_us_per_event")
+                if cost is not None:
+                    figures += f"; {side}-server {_fmt(cost, 'num')} more, not counted"
     met = _COMPARE[target.compare](value, target.limit)
     if target.zero_failed:
         figures += f"; {failed} failed"
@@ -301,7 +370,7 @@ def _check(target: _Target, table: dict[tuple[str, str], dict[str, Any]]) -> dic
 
 
 def targets(document: dict[str, Any]) -> list[dict[str, str]]:
-    """Each target (issue 7's and the review's) with its figures and PASS, FAIL or N/A."""
+    """Each target (issue 7's, the review's, the variants'), its figures and PASS, FAIL or N/A."""
     table = aggregate(document)
     return [_check(target, table) for target in _TARGETS]
 
@@ -501,6 +570,26 @@ def _placement_lines(document: dict[str, Any], results: list[dict[str, Any]]) ->
     return lines
 
 
+def _variant_lines(document: dict[str, Any]) -> list[str]:
+    """What each variant of ours that ran changes, and where its redis-server ran."""
+    ran = {run["server"] for run in document["runs"]}
+    variants = [s for s in document["servers"] if s.get("base") and s["name"] in ran]
+    if not variants:
+        return []
+    listed = "; ".join(f"{s['name']}: {s['label']}" for s in variants)
+    lines = [f"Variants of ours, each compared with the server it changes: {listed}.", ""]
+    version = document["meta"].get("versions", {}).get("redis-server")
+    if version:
+        lines += [
+            f"redis-server {version}: one for the whole run, pinned to CPU "
+            f"{document['meta']['bare_cpus']} with the servers and emptied before each server "
+            "starts. Its CPU is not in any server's figure; it is given apart (under each "
+            "table and in the targets).",
+            "",
+        ]
+    return lines
+
+
 def render(document: dict[str, Any]) -> str:
     """The markdown report of a run."""
     meta = document["meta"]
@@ -526,6 +615,7 @@ def render(document: dict[str, Any]) -> str:
     if upstream:
         listed = ", ".join(f"{name} {version}" for name, version in upstream.items())
         lines += [f"Upstream virtualenv: {listed}.", ""]
+    lines += _variant_lines(document)
     lines += [
         "## Targets",
         "",
