@@ -16,13 +16,15 @@ Not part of the benchmark suite nor of CI: one command, one gateway, one long ru
    and resume (``soak_resume``, policy ``grace``), the rest read to ``done`` (see
    ``benchmarks/soak_streams.py``). Then no new stream starts and the running ones end.
 4. Every ``--sample`` seconds: the gateway's RSS and fds from ``/proc/<pid>``, its tasks,
-   running flows and kept streams from the app's ``stats`` flow, both sides' CPU, the
-   events received and their lateness. *Warm-up* ends at the first sample after
-   ``--warmup`` seconds at which every slot has started and the store is full (it has
-   forgotten a stream: ``--store memory`` keeps each finished stream for 300 s within a
-   256 MiB budget, so RSS grows until then by design), or after ``--warmup-max``.
-5. Once the load has stopped and every client is closed, the gateway is waited for until
-   no flow runs and its fds and tasks hold still: *idle after*, and the end's RSS.
+   running flows and kept streams from the app's ``stats`` flow, both sides' CPU and time
+   spent waiting for a CPU, both event loops' lag, the events received and their lateness.
+   *Warm-up* ends at the first sample after ``--warmup`` seconds at which every slot has
+   started and the store is full: it has forgotten a finished stream, and a longest
+   stream has gone by since (``--store memory`` keeps each finished stream for 300 s
+   within a 256 MiB budget, so RSS grows until then by design); or at ``--warmup-max``.
+5. Once the load has stopped, every client is closed and this process has collected its
+   garbage (a closed gRPC channel keeps its connection until then), the gateway is waited
+   for until no flow runs and its fds and tasks hold still: *idle after*, and the end's RSS.
 
 Checks (the exit code is 1 if one fails):
 
@@ -31,12 +33,14 @@ Checks (the exit code is 1 if one fails):
 - no flow leaked: none running at the end, none of ``soak`` or ``soak_resume`` cancelled,
   their ``done`` counts equal to the streams read to the end, the runtime's only active
   stream the ``stats`` call itself;
-- RSS at the end within ``--rss-tolerance`` (5%) above RSS after warm-up (``--no-rss-check``
-  skips it, e.g. for runs too short to warm the store; the report says so);
-- fds and tasks idle after = idle before (within 2); under load, at the last sample before
-  the end vs the warm-up sample: fds of the gateway minus this process's (each connection is
-  one fd on either side) within max(16, 2%), and tasks within max(16, 2%) of what the
-  warm-up sample's tasks per running flow predict for the running flows then.
+- RSS at the end at most ``--rss-tolerance`` (5%) above RSS after warm-up, the median of
+  the first samples after it (``--no-rss-check`` skips the check, e.g. for runs too short
+  to warm the store; the report then says it was not applied);
+- fds and tasks idle after = idle before (within 2); under load, the first minute after
+  warm-up against the last minute before the end (medians of up to 6 samples each, so a
+  stall of one sample does not count): the gateway's fds minus this process's (each
+  connection is one fd on either side) within max(16, 2%), and the gateway's tasks per
+  stream held open, times the streams, within max(16, 2%) of the tasks.
 
 The report is printed and written as JSON to ``benchmarks/results/soak.json`` for a run of
 at least the requirement (10 minutes, 1,000 streams, 20 tokens/s), else to
@@ -170,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="warm-up at least (s; default: 60, at most a third of the load)",
     )
-    add("--warmup-max", type=float, help="warm-up at most (s; default: half the load time)")
+    add("--warmup-max", type=float, help="warm-up at most (s; default: 3/4 of the load time)")
     add("--resume-pause", type=float, default=2.0, help="longest pause before a resume (s)")
     add("--rss-tolerance", type=float, default=0.05, help="RSS growth allowed (default 0.05)")
     add("--no-rss-check", action="store_true", help="do not judge RSS (reported as not applied)")
@@ -200,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = min(60.0, args.minutes * 20.0)
     if args.warmup_max is None:
-        args.warmup_max = max(args.warmup, args.minutes * 30.0)
+        args.warmup_max = max(args.warmup, args.minutes * 45.0)
     return args
 
 
@@ -356,6 +360,15 @@ def _cpu_wait(pid: int | str) -> float:
         return 0.0
 
 
+def _median(values: list[float] | list[int]) -> float:
+    """The median (the mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def _percentile_ms(histogram: list[int], fraction: float) -> int | None:
     """The nearest-rank percentile of a 1 ms histogram (``None`` when it is empty)."""
     total = sum(histogram)
@@ -409,6 +422,8 @@ class Soak:
         self.warm: Sample | None = None
         self.warm_reason = ""
         self.last_load: Sample | None = None
+        #: The warm-up sample and every one after it until the load stops.
+        self.load_samples: list[Sample] = []
         self.store_full_at: float | None = None  # when the store first forgot a stream
         self.lingering: dict[str, int] = {}  # gateway fds closed by the load's gc at the end
 
@@ -664,6 +679,7 @@ class Soak:
                     k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 },
                 "seed": self.seed,
+                "requirement_load": _full_load(args) and args.minutes >= _FULL["minutes"],
                 "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at)),
                 "seconds": round(time.time() - started_at, 1),
                 "load_before": load_before,
@@ -795,6 +811,7 @@ class Soak:
                 self.phase = "load"
         if self.warm is not None and not self.stopping:
             self.last_load = sample
+            self.load_samples.append(sample)
 
     # -- judging ----------------------------------------------------------------------------
 
@@ -871,20 +888,24 @@ class Soak:
             )
         )
         warm = self.warm
+        early, late = self._windows()
         if args.no_rss_check:
             checks.append(Check("RSS", False, True, "not applied: --no-rss-check"))
-        elif warm is None:
+        elif warm is None or not early:
             checks.append(Check("RSS", False, True, "not applied: warm-up never ended"))
         else:
-            growth = after.rss_kb / warm.rss_kb - 1
+            reference = _median([sample.rss_kb for sample in early])
+            growth = after.rss_kb / reference - 1
+            peak = max(sample.rss_kb for sample in self.load_samples)
             checks.append(
                 Check(
                     f"RSS at the end within {args.rss_tolerance:.0%} of after warm-up",
                     True,
                     growth <= args.rss_tolerance,
-                    f"{warm.rss_kb / 1024:.1f} MB after warm-up (t={warm.t:g} s, "
-                    f"{self.warm_reason}), {after.rss_kb / 1024:.1f} MB at the end: "
-                    f"{growth:+.1%}",
+                    f"{reference / 1024:.1f} MB after warm-up (median of the {len(early)} "
+                    f"samples from t={early[0].t:g} s; warm-up: {self.warm_reason}), "
+                    f"{after.rss_kb / 1024:.1f} MB at the end: {growth:+.1%} (highest under "
+                    f"load {peak / 1024:.1f} MB)",
                 )
             )
         checks.append(
@@ -909,40 +930,59 @@ class Soak:
                 f"{before.tasks} before the load, {after.tasks} after it",
             )
         )
-        last = self.last_load
-        if warm is None or last is None or last is warm:
-            why = "not applied: no sample under load after the warm-up one"
+        if not early or not late:
+            why = "not applied: fewer than two samples under load after the warm-up"
             checks.append(Check("fds under load", False, True, why))
             checks.append(Check("tasks under load", False, True, why))
         else:
-            offset_warm, offset_last = warm.fds - warm.driver_fds, last.fds - last.driver_fds
-            slack = max(16, round(0.02 * warm.fds))
+            # Each connection is one fd on either side, so the gateway's fds minus the load's
+            # hold still while connections come and go; a stall shifts one sample (accepts
+            # pending), hence medians over a window at each end.
+            offset_early = _median([s.fds - s.driver_fds for s in early])
+            offset_late = _median([s.fds - s.driver_fds for s in late])
+            fds = _median([s.fds for s in early])
+            slack = max(16, round(0.02 * fds))
             checks.append(
                 Check(
                     "fds under load: no growth",
                     True,
-                    offset_last <= offset_warm + slack,
-                    f"gateway fds minus load fds {offset_warm} at t={warm.t:g} s ({warm.fds} "
-                    f"fds), {offset_last} at t={last.t:g} s ({last.fds} fds); allowed +{slack}",
+                    offset_late <= offset_early + slack,
+                    f"gateway fds minus the load's: {offset_early:g} over t={early[0].t:g}-"
+                    f"{early[-1].t:g} s (gateway {fds:g} fds), {offset_late:g} over "
+                    f"t={late[0].t:g}-{late[-1].t:g} s (medians); allowed +{slack}",
                 )
             )
             # Tasks follow the streams the clients hold open (a transport's tasks live as
             # long as its stream, even when the flow ended first because a client lags).
-            per_stream = (warm.tasks - before.tasks) / max(1, warm.streams)
-            predicted = before.tasks + per_stream * last.streams
-            slack = max(16, round(0.02 * predicted))
+            per_early = _median([(s.tasks - before.tasks) / max(1, s.streams) for s in early])
+            per_late = _median([(s.tasks - before.tasks) / max(1, s.streams) for s in late])
+            streams = _median([s.streams for s in late])
+            slack = max(16, round(0.02 * (before.tasks + per_early * streams)))
             checks.append(
                 Check(
                     "tasks under load: no growth",
                     True,
-                    last.tasks <= predicted + slack,
-                    f"{warm.tasks} tasks for {warm.streams} streams at t={warm.t:g} s "
-                    f"({per_stream:.2f} per stream over {before.tasks} idle); {last.tasks} for "
-                    f"{last.streams} at t={last.t:g} s, {predicted:.0f} predicted, "
+                    (per_late - per_early) * streams <= slack,
+                    f"tasks per open stream over the {before.tasks} idle: {per_early:.3f} over "
+                    f"t={early[0].t:g}-{early[-1].t:g} s, {per_late:.3f} over "
+                    f"t={late[0].t:g}-{late[-1].t:g} s (medians), "
+                    f"{(per_late - per_early) * streams:+.0f} tasks at {streams:g} streams; "
                     f"allowed +{slack}",
                 )
             )
         return checks
+
+    def _windows(self) -> tuple[list[Sample], list[Sample]]:
+        """The first and the last samples under load after warm-up, up to 6 each (a minute).
+
+        A third of them each when there are fewer than 18, so that the two do not overlap;
+        both empty with fewer than two samples.
+        """
+        samples = self.load_samples
+        if len(samples) < 2:
+            return [], []
+        count = max(1, min(6, len(samples) // 3))
+        return samples[:count], samples[-count:]
 
     def _streams_report(self) -> dict[str, Any]:
         totals = self.totals
@@ -1003,6 +1043,11 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
         f"{options['minutes']:g} min (seed {meta['seed']}), {meta['seconds']:.0f} s in all; "
         f"pinned gateway CPU {meta['pinning']['gateway']}, load CPU {meta['pinning']['load']}"
     )
+    if not meta["requirement_load"]:
+        print(
+            f"  below the requirement's load ({_FULL['streams']} streams at "
+            f"{_FULL['rate']:g} tokens/s for {_FULL['minutes']:g} min)"
+        )
     print(
         f"streams: {streams['started']} started, {streams['good']} as planned, "
         f"{streams['failed']} failed; {streams['disconnects']} disconnects, "
@@ -1027,12 +1072,13 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
     print(f"{'PASSED' if report['passed'] else 'FAILED'}; JSON in {out}")
 
 
+def _full_load(args: argparse.Namespace) -> bool:
+    """Whether the run asked for at least the requirement's streams and rate."""
+    return bool(args.streams >= _FULL["streams"] and args.rate >= _FULL["rate"])
+
+
 def _default_out(args: argparse.Namespace) -> Path:
-    full = (
-        args.minutes >= _FULL["minutes"]
-        and args.streams >= _FULL["streams"]
-        and args.rate >= _FULL["rate"]
-    )
+    full = args.minutes >= _FULL["minutes"] and _full_load(args)
     return RESULTS / "soak.json" if full else _RAW / "soak.json"
 
 
