@@ -11,15 +11,17 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 __all__ = ["Headers", "Principal", "RequestContext", "current_context", "new_id", "request_id_for"]
 
 # A request id a client sends is echoed into logs and headers: keep it short and printable.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+_T = TypeVar("_T")
 
 _current: ContextVar[RequestContext | None] = ContextVar("llmbrick_context", default=None)
 
@@ -32,34 +34,74 @@ class Headers(Mapping[str, str]):
     HTTP folds repeated headers.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_raw")
 
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
         grouped: dict[str, list[str]] = {}
         for name, value in pairs:
             grouped.setdefault(name.lower(), []).append(value)
-        self._items = grouped
+        self._items: dict[str, list[str]] | None = grouped
+        self._raw: Sequence[tuple[bytes, bytes]] = ()
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[tuple[bytes, bytes]]) -> Headers:
+        """Headers over the raw pairs an HTTP server hands over (as an ASGI scope has them).
+
+        Nothing is copied or decoded until asked for: a connection that stays
+        open for hours keeps only the server's own list, and a request whose
+        handler reads two headers decodes two.
+        """
+        headers = cls.__new__(cls)
+        headers._items = None
+        headers._raw = raw
+        return headers
+
+    def _grouped(self) -> dict[str, list[str]]:
+        items = self._items
+        if items is None:
+            items = {}
+            for name, value in self._raw:
+                items.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+        return items
+
+    def _values(self, name: str) -> list[str]:
+        if self._items is not None:
+            return self._items.get(name.lower(), [])
+        key = name.lower().encode("latin-1", "replace")
+        return [v.decode("latin-1") for n, v in self._raw if n == key or n.lower() == key]
 
     def __getitem__(self, name: str) -> str:
-        return ", ".join(self._items[name.lower()])
+        values = self._values(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | _T) -> str | _T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        # Mapping.get would scan twice and raise KeyError for every absent header.
+        values = self._values(name)
+        return ", ".join(values) if values else default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
+        return isinstance(name, str) and bool(self._values(name))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self._grouped())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._grouped())
 
     def get_all(self, name: str) -> list[str]:
         """Every value sent under ``name``, in order (empty if none)."""
-        return list(self._items.get(name.lower(), ()))
+        return list(self._values(name))
 
     def __repr__(self) -> str:
         # Values may hold credentials: show the names only.
-        return f"Headers({sorted(self._items)!r})"
+        return f"Headers({sorted(self._grouped())!r})"
 
 
 @dataclass(frozen=True, slots=True)

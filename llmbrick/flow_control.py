@@ -10,7 +10,6 @@ transport under one name.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Generic, TypeVar
@@ -40,6 +39,7 @@ class SendBuffer(Generic[T]):
         "_closed",
         "_error",
         "_getter",
+        "_head",
         "_items",
         "_loop",
         "_putters",
@@ -51,13 +51,17 @@ class SendBuffer(Generic[T]):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes!r}")
         self.max_bytes = max_bytes
-        self._items: deque[tuple[T, int]] = deque()
+        # Lists, not deques: an empty deque holds a 64-slot block (about 0.75 KB), and a
+        # server keeps one buffer per stream or connection, mostly empty. ``get`` moves
+        # ``_head`` instead of shifting the list; the list empties once all is taken.
+        self._items: list[tuple[T, int] | None] = []
+        self._head = 0
         self._size = 0
         self._closed = False
         self._error: BaseException | None = None
         self._loop = asyncio.get_running_loop()
         self._getter: asyncio.Future[None] | None = None
-        self._putters: deque[asyncio.Future[None]] = deque()
+        self._putters: list[asyncio.Future[None]] = []
 
     @property
     def buffered_bytes(self) -> int:
@@ -65,7 +69,7 @@ class SendBuffer(Generic[T]):
         return self._size
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._head
 
     @property
     def closed(self) -> bool:
@@ -99,7 +103,7 @@ class SendBuffer(Generic[T]):
 
     async def _wait(self) -> bool:
         """Wait until an item is there; False at the end."""
-        while not self._items:
+        while self._head == len(self._items):
             if self._closed:
                 if self._error is not None:
                     raise self._error
@@ -116,8 +120,9 @@ class SendBuffer(Generic[T]):
         """
         if not await self._wait():
             return []
-        items = [item for item, _ in self._items]
+        items = [entry[0] for entry in self._items[self._head :] if entry is not None]
         self._items.clear()
+        self._head = 0
         self._size = 0
         self._wake_putters()
         return items
@@ -126,7 +131,16 @@ class SendBuffer(Generic[T]):
         """The oldest item, waiting for one; ``None`` at the end."""
         if not await self._wait():
             return None
-        item, size = self._items.popleft()
+        items, head = self._items, self._head
+        entry = items[head]
+        assert entry is not None
+        item, size = entry
+        if head + 1 == len(items):
+            items.clear()
+            self._head = 0
+        else:
+            items[head] = None  # the consumer owns it now
+            self._head = head + 1
         self._size -= size
         if self._size < self.max_bytes:
             self._wake_putters()
@@ -144,14 +158,14 @@ class SendBuffer(Generic[T]):
         self._wake_putters()
 
     def _wake_putters(self) -> None:
-        while self._putters:
-            waiter = self._putters.popleft()
+        putters, self._putters = self._putters, []
+        for waiter in putters:
             if not waiter.done():
                 waiter.set_result(None)
 
     def _wake_putter(self) -> None:
         while self._putters:
-            waiter = self._putters.popleft()
+            waiter = self._putters.pop(0)  # a handful of producers at most
             if not waiter.done():
                 waiter.set_result(None)
                 return

@@ -11,10 +11,8 @@ __all__ = ["context_from_scope", "scope_headers"]
 
 
 def scope_headers(scope: Any) -> Headers:
-    """The scope's headers, decoded as latin-1 as HTTP requires."""
-    return Headers(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
-    )
+    """The scope's headers, decoded as latin-1 (as HTTP requires) when read."""
+    return Headers.from_raw(scope["headers"])
 
 
 def context_from_scope(

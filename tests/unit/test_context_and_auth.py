@@ -43,6 +43,26 @@ def test_headers_are_case_insensitive_read_only_and_keep_repeats() -> None:
         headers["x"] = "y"  # type: ignore[index]
 
 
+def test_raw_headers_read_the_same_as_decoded_ones() -> None:
+    raw = [(b"x-thing", b"a"), (b"X-Thing", b"b"), (b"authorization", b"Bearer k"), (b"v", b"\xe9")]
+    headers = Headers.from_raw(raw)
+    assert headers["X-THING"] == "a, b" and headers.get("x-thing") == "a, b"
+    assert headers.get_all("x-thing") == ["a", "b"]
+    assert headers.get("missing") is None and headers.get("missing", "d") == "d"
+    assert headers["v"] == "\u00e9", "HTTP header bytes are latin-1"
+    assert "authorization" in headers and "missing" not in headers
+    assert sorted(headers) == ["authorization", "v", "x-thing"] and len(headers) == 3
+    assert dict(headers) == dict(
+        Headers(
+            [("x-thing", "a"), ("x-thing", "b"), ("authorization", "Bearer k"), ("v", "\u00e9")]
+        )
+    )
+    assert "Bearer" not in repr(headers)
+    assert 3 not in headers  # type: ignore[comparison-overlap]
+    with pytest.raises(KeyError):
+        headers["missing"]
+
+
 def test_request_id_is_taken_when_sane_else_generated() -> None:
     assert RequestContext(headers={"X-Request-Id": "abc-123"}).request_id == "abc-123"
     generated = {RequestContext().request_id for _ in range(50)}
