@@ -126,6 +126,8 @@ class Sample:
     # (``/proc/<pid>/schedstat``): other processes on its CPU, on a shared machine.
     gateway_cpu_wait: float = 0.0
     driver_cpu_wait: float = 0.0
+    gateway_gc_max_ms: float = 0.0  # the gateway's longest garbage-collector pause
+    gateway_gc: float = 0.0  # its seconds of garbage collection per second
     failed: int = 0  # failed streams so far
 
 
@@ -419,6 +421,7 @@ class Soak:
         self._began = 0.0
         self._last: tuple[float, float, float, int, list[int], tuple[float, float]] | None = None
         self.phase = "ramp"
+        self._collected = 0.0  # the gateway's seconds of garbage collection at the last sample
         self.warm: Sample | None = None
         self.warm_reason = ""
         self.last_load: Sample | None = None
@@ -525,6 +528,7 @@ class Soak:
         server_cpu = cpu_seconds(pid, tree=False)
         driver_cpu = cpu_seconds(os.getpid(), tree=False)
         waits = (_cpu_wait(pid), _cpu_wait("self"))
+        collected = sum(info["gc"]["seconds"])
         running = sum(
             flow["started"] - flow["done"] - flow["cancelled"] - flow["failed"]
             for flow in info["flows"].values()
@@ -544,6 +548,7 @@ class Soak:
             kept_streams=info["kept_streams"],
             kept_mb=round(info["kept_bytes"] / 1e6, 1),
             gateway_lag_ms=info["loop_lag_ms"],
+            gateway_gc_max_ms=info["gc"]["pause_max_ms"],
             driver_lag_ms=round(self.lag.read() * 1000, 1),
             failed=self.totals.count(self.totals.failed),
         )
@@ -551,6 +556,7 @@ class Soak:
         if self._last is not None:
             then, server_then, driver_then, events_then, lateness_then, waits_then = self._last
             wall = max(now - then, 1e-9)
+            sample.gateway_gc = round((collected - self._collected) / wall, 3)
             sample.gateway_cpu_wait = round((waits[0] - waits_then[0]) / wall, 3)
             sample.driver_cpu_wait = round((waits[1] - waits_then[1]) / wall, 3)
             sample.server_cpu = round((server_cpu - server_then) / wall, 3)
@@ -561,6 +567,7 @@ class Soak:
             sample.lateness_p99_ms = _percentile_ms(window, 0.99)
             sample.lateness_max_ms = _max_ms(window)
         self._last = (now, server_cpu, driver_cpu, self.tally.events, lateness, waits)
+        self._collected = collected
         self.samples.append(sample)
         if not self.args.quiet:
             self._print_sample(sample)
@@ -574,7 +581,7 @@ class Soak:
             f"ev/s {s.events_per_s:8.0f} late p50/p99 {late:>9} ms cpu srv {s.server_cpu:.2f} "
             f"drv {s.driver_cpu:.2f} | rss {s.rss_kb / 1024:7.1f} MB fds {s.fds:5d} "
             f"tasks {s.tasks:5d} kept {s.kept_streams:5d} ({s.kept_mb:.0f} MB) "
-            f"lag {s.gateway_lag_ms:.0f}/{s.driver_lag_ms:.0f} ms "
+            f"lag {s.gateway_lag_ms:.0f}/{s.driver_lag_ms:.0f} ms gc {s.gateway_gc_max_ms:.0f} ms "
             f"wait {s.gateway_cpu_wait:.2f}/{s.driver_cpu_wait:.2f} failed {s.failed}",
             flush=True,
         )

@@ -16,7 +16,8 @@ generator ran to its end), ``cancelled`` (its ``finally`` saw ``CancelledError``
 ``GeneratorExit``) or ``failed`` (any other exception). The ``stats`` flow answers one
 ``data`` event with those counters and this process's tasks (``asyncio.all_tasks()``),
 open file descriptors, ``VmRSS``, the runtime's active streams, the store's kept
-streams and the event loop's worst lag since the previous call, so the soak can check
+streams, the event loop's worst lag and the garbage collector's pauses since the
+previous call, so the soak can check
 from outside that no flow leaked and none was left running, whatever the transports
 reported.
 """
@@ -24,7 +25,9 @@ reported.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, cast
@@ -36,6 +39,7 @@ __all__ = [
     "FLOWS",
     "OUTCOMES",
     "STATS",
+    "GcPauses",
     "LoopLag",
     "counts",
     "registry",
@@ -121,6 +125,43 @@ class LoopLag:
 _lag = LoopLag()
 
 
+class GcPauses:
+    """Time the garbage collector stops this process, per generation, from ``gc.callbacks``.
+
+    A store that keeps many events keeps millions of tracked objects, which every full
+    collection walks while the event loop waits: the soak reports it next to the loop lag.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]  # total, per generation
+        self.counts = [0, 0, 0]
+        self.worst = 0.0  # the longest pause since the previous reading
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._began
+        generation = info["generation"]
+        self.seconds[generation] += pause
+        self.counts[generation] += 1
+        self.worst = max(self.worst, pause)
+
+    def read(self) -> dict[str, Any]:
+        """Totals so far and the longest pause since the previous reading (then reset)."""
+        worst, self.worst = self.worst, 0.0
+        return {
+            "seconds": [round(value, 3) for value in self.seconds],
+            "counts": list(self.counts),
+            "pause_max_ms": round(worst * 1000, 1),
+        }
+
+
+_gc = GcPauses()
+
+
 def snapshot() -> dict[str, Any]:
     """The counters and this process's resources, as the ``stats`` flow reports them.
 
@@ -135,6 +176,7 @@ def snapshot() -> dict[str, Any]:
         "pid": os.getpid(),
         "flows": {name: dict(tally) for name, tally in counts.items()},
         "loop_lag_ms": round(_lag.read() * 1000, 1),
+        "gc": _gc.read(),
         "tasks": len(asyncio.all_tasks()),
         "fds": len(os.listdir("/proc/self/fd")),
         "rss_kb": _rss_kb(),
