@@ -5,7 +5,8 @@
 Not part of the benchmark suite nor of CI: one command, one gateway, one long run.
 
 1. One gateway process, ``python -m llmbrick_gateway serve benchmarks.soak_app:runtime
-   --http-port 0 --grpc-port 0 --store memory --log-level warning``, pinned to CPU 0;
+   --http-port 0 --grpc-port 0 --store memory?keep_for=120 --log-level warning``, pinned
+   to CPU 0;
    this process (the load) pins itself to CPU 1 (``common.prepare_process``).
 2. A few short streams of every kind on every transport warm the gateway up; once it
    is quiet, its tasks, fds and RSS are read: *idle before*.
@@ -20,8 +21,9 @@ Not part of the benchmark suite nor of CI: one command, one gateway, one long ru
    spent waiting for a CPU, both event loops' lag, the events received and their lateness.
    *Warm-up* ends at the first sample after ``--warmup`` seconds at which every slot has
    started and the store is full: it has forgotten a finished stream, and a longest
-   stream has gone by since (``--store memory`` keeps each finished stream for 300 s
-   within a 256 MiB budget, so RSS grows until then by design); or at ``--warmup-max``.
+   stream has gone by since (the store keeps each finished stream for ``--keep-for``
+   seconds, 120, within a 256 MiB budget, so RSS grows until then by design); or at
+   ``--warmup-max``.
 5. Once the load has stopped, every client is closed and this process has collected its
    garbage (a closed gRPC channel keeps its connection until then), the gateway is waited
    for until no flow runs and its fds and tasks hold still: *idle after*, and the end's RSS.
@@ -177,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="warm-up at least (s; default: 60, at most a third of the load)",
     )
     add("--warmup-max", type=float, help="warm-up at most (s; default: 3/4 of the load time)")
+    add("--keep-for", type=float, default=120.0, help="seconds the store keeps a finished stream")
     add("--resume-pause", type=float, default=2.0, help="longest pause before a resume (s)")
     add("--rss-tolerance", type=float, default=0.05, help="RSS growth allowed (default 0.05)")
     add("--no-rss-check", action="store_true", help="do not judge RSS (reported as not applied)")
@@ -197,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 0 < --min-seconds <= --max-seconds")
     if args.min_seconds * args.rate < 4:
         parser.error("a stream needs at least 4 tokens: raise --min-seconds or --rate")
+    if args.keep_for <= 0:
+        parser.error("--keep-for must be positive")
     if args.sample <= 0 or args.ramp < 0 or args.resume_pause < 0:
         parser.error("--sample must be positive, --ramp and --resume-pause not negative")
     chosen = [t.strip() for t in args.transports.split(",") if t.strip()]
@@ -213,8 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class _Gateway:
     """The gateway process: started pinned to the server's CPU, its URLs read from stdout."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, keep_for: float) -> None:
         self.log = log
+        self.keep_for = keep_for
         self.process: asyncio.subprocess.Process | None = None
         self.urls: dict[str, str] = {}
         self._drain: asyncio.Task[None] | None = None
@@ -244,7 +250,8 @@ class _Gateway:
         with self.log.open("wb") as err:
             self.process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "llmbrick_gateway", "serve", _TARGET),
-                *("--http-port", "0", "--grpc-port", "0", "--store", "memory"),
+                *("--http-port", "0", "--grpc-port", "0"),
+                *("--store", f"memory?keep_for={self.keep_for:g}"),
                 *("--log-level", "warning"),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
@@ -403,7 +410,7 @@ class Soak:
         self.lag = LoopLag()
         self.seed = args.seed if args.seed is not None else random.randrange(1 << 32)
         self.rng = random.Random(self.seed)
-        self.gateway = _Gateway(args.gateway_log)
+        self.gateway = _Gateway(args.gateway_log, args.keep_for)
         self.tally: Tally = Tally()
         self.totals = _Totals()
         self.samples: list[Sample] = []

@@ -14,10 +14,14 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from .context import new_id
 from .errors import ErrorCode, FlowNotFound, LLMBrickError
@@ -116,6 +120,7 @@ class StreamLog:
         "_ends",
         "_events",
         "_first",
+        "_packed",
         "_readers",
         "_room",
         "_total",
@@ -134,9 +139,11 @@ class StreamLog:
         self.max_bytes = max_bytes
         self.window = window
         self._events: list[Event] = []
+        # A finished log nobody reads is kept as one JSON document instead (see pack).
+        self._packed: tuple[bytes, int] | None = None
         # Running byte totals: _ends[i] counts every event up to and including _events[i];
-        # _base counts the events already dropped.
-        self._ends: list[int] = []
+        # _base counts the events already dropped. An array: no object per event.
+        self._ends = array("q")
         self._total = 0
         self._base = 0
         self._first = 1  # the sequence number of _events[0]
@@ -156,6 +163,8 @@ class StreamLog:
     @property
     def last(self) -> int:
         """The sequence number of the last event (0 before the first)."""
+        if self._packed is not None:
+            return self._first + self._packed[1] - 1
         return self._first + len(self._events) - 1
 
     @property
@@ -207,6 +216,32 @@ class StreamLog:
             del ends[:drop]
             self._first += drop
 
+    def pack(self) -> bool:
+        """Keep a finished log nobody reads as one JSON document; True if it now is.
+
+        Thousands of finished streams kept for resumes would otherwise hold millions of
+        event dicts that every full garbage collection visits (a stall of the event loop
+        that grows with the store) at several times their encoded size. The first reader
+        unpacks the log, decoded as any client would decode it (JSON types).
+        """
+        if self._packed is not None:
+            return True
+        if not self.finished or self._readers:
+            return False
+        try:
+            self._packed = (to_json(self._events), len(self._events))
+        except PydanticSerializationError:
+            return False  # something only Python can hold: it stays as it is
+        self._events = []
+        return True
+
+    def _unpack(self) -> list[Event]:
+        packed = self._packed
+        if packed is not None:
+            self._events = from_json(packed[0])
+            self._packed = None
+        return self._events
+
     def behind(self) -> int:
         """Bytes the slowest attached reader has not read yet."""
         if not self._readers or not self._events:
@@ -249,7 +284,7 @@ class StreamLog:
                 f"events {after + 1}-{self._first - 1} of stream {self.id} are no longer kept; "
                 f"resume after {self._first - 1} or later"
             )
-        return self._events[index:]
+        return self._unpack()[index:]
 
     def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """The events after ``after``, then new ones as they come, until the terminal one."""
@@ -274,6 +309,7 @@ class _Reader:
 
     async def iterate(self) -> AsyncIterator[Event]:
         log = self.log
+        log._unpack()
         log._readers.append(self)
         try:
             while True:
@@ -344,6 +380,15 @@ class StreamStore(ABC):
         """Register who cancels a local stream that another instance asked to cancel."""
 
 
+_MEMORY_OPTIONS: dict[str, type[int] | type[float]] = {
+    "keep_for": float,
+    "max_events": int,
+    "max_bytes": int,
+    "max_total_bytes": int,
+    "window": int,
+}
+
+
 class MemoryStore(StreamStore):
     """Streams kept in this process's memory: bounded, oldest first out.
 
@@ -382,6 +427,35 @@ class MemoryStore(StreamStore):
         self._logs: OrderedDict[str, StreamLog] = OrderedDict()
         self._swept = time.monotonic()
 
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """A store from ``memory`` with its settings in the query: ``memory?keep_for=60``.
+
+        Raises:
+            ValueError: not a ``memory`` URL, an unknown setting, or a value that is not
+                a positive number (the message names it and the settings there are).
+        """
+        parts = urlsplit(url)
+        if parts.scheme or parts.netloc or parts.path != "memory" or parts.fragment:
+            raise ValueError(
+                f"a memory store is written memory or memory?SETTING=VALUE, got {url!r}"
+            )
+        options: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            kind = _MEMORY_OPTIONS.get(key)
+            if kind is None:
+                raise ValueError(
+                    f"the memory store has no setting {key!r}; it takes "
+                    + ", ".join(_MEMORY_OPTIONS)
+                )
+            try:
+                options[key] = kind(value)
+            except ValueError:
+                raise ValueError(
+                    f"the memory store's {key} must be a positive {kind.__name__}, got {value!r}"
+                ) from None
+        return cls(**options)
+
     def __len__(self) -> int:
         return len(self._logs)
 
@@ -405,11 +479,13 @@ class MemoryStore(StreamStore):
         if now - self._swept < 1.0:
             return
         self._swept = now
-        expired = [
-            key
-            for key, log in self._logs.items()
-            if log.finished_at is not None and now - log.finished_at > self.keep_for
-        ]
+        expired = []
+        for key, log in self._logs.items():
+            if log.finished_at is not None:
+                if now - log.finished_at > self.keep_for:
+                    expired.append(key)
+                else:
+                    log.pack()
         for key in expired:
             del self._logs[key]
         total = self._total()

@@ -124,8 +124,14 @@ class FlowStream:
             principal = context.principal.id if context.principal is not None else None
             record = StreamRecord(self.id, spec.name, principal, policy)
             self._log = log = store.add(record)
-            self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
-            self._reader = log.follow(0)
+            if policy == "cancel":
+                # The flow stops when its client leaves anyway: the client's task runs it
+                # and writes the log as it reads, one task and no hand-off per event.
+                self._driver = None
+                self._reader = self._direct(log, store)
+            else:
+                self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
+                self._reader = log.follow(0)
 
     @property
     def log(self) -> StreamLog | None:
@@ -182,7 +188,8 @@ class FlowStream:
         self._stop({"code": ErrorCode.CANCELLED.value, "message": message})
 
     async def wait(self) -> None:
-        """Wait until a kept stream's flow has ended (at once without a store)."""
+        """Wait until a kept stream's flow, run by a task of its own, has ended (at once
+        without one: without a store, or while its client runs it)."""
         if self._driver is not None:
             await asyncio.wait([self._driver])
 
@@ -208,6 +215,37 @@ class FlowStream:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
+
+    async def _direct(self, log: StreamLog, store: StreamStore) -> AsyncGenerator[Event]:
+        """Run the flow in the consumer's task, writing the log (the ``cancel`` policy)."""
+        events = self._events
+        appended = store.appended
+        try:
+            async for event in events:
+                log.append(event, event_size(event))
+                appended(log, event)
+                yield event
+        finally:
+            if not log.finished:
+                if log.readers:
+                    # Someone resumed it meanwhile: the flow goes on for them, as it
+                    # would for any reader, in a task of its own.
+                    self._driver = asyncio.get_running_loop().create_task(
+                        self._drive(log, store)
+                    )
+                else:
+                    await events.aclose()
+                    gone: Event = {
+                        "type": "error",
+                        "error": {
+                            "code": ErrorCode.CANCELLED.value,
+                            "message": "the client went away",
+                        },
+                        "id": str(log.last + 1),
+                        "progress": "ERROR",
+                    }
+                    log.append(gone, event_size(gone))
+                    appended(log, gone)
 
     async def _drive(self, log: StreamLog, store: StreamStore) -> None:
         """Run the flow into its log (kept streams): readers follow the log."""

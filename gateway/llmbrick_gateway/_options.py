@@ -52,7 +52,7 @@ HTTP_DEFAULTS: dict[str, Any] = {
 #: The SSE adapter's defaults for the streaming routes (``create_http_routers``).
 SSE_DEFAULTS: dict[str, Any] = {"ping_interval": 15.0, "max_body_size": 1 << 20}
 
-_STORES = "memory, none or redis://HOST:PORT/DB"
+_STORES = "memory (memory?keep_for=SECONDS&...), none or redis://HOST:PORT/DB"
 
 
 def _workers(text: str) -> int:
@@ -80,9 +80,18 @@ def _rate(text: str) -> float:
 def _store(text: str) -> str:
     value = text.strip()
     scheme = urlsplit(value).scheme
-    if value not in ("memory", "none") and scheme not in ("redis", "rediss"):
+    if _is_memory(value):
+        try:
+            MemoryStore.from_url(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    elif value != "none" and scheme not in ("redis", "rediss"):
         raise argparse.ArgumentTypeError(f"choose {_STORES}; got {text!r}")
     return value
+
+
+def _is_memory(spec: str) -> bool:
+    return spec == "memory" or spec.startswith("memory?")
 
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -386,14 +395,14 @@ def _shown_url(url: str) -> str:
 
 
 def _check_store(spec: str | None, workers: int) -> None:
-    if spec == "memory" and workers > 1:
+    if spec is not None and _is_memory(spec) and workers > 1:
         raise Failure(
             f"--store memory keeps streams inside one process, and with --workers {workers} a "
             "resume can reach another worker: use a shared store (--store redis://HOST:PORT/DB) "
             "or --workers 1",
             EXIT_USAGE,
         )
-    if spec is not None and spec not in ("memory", "none"):
+    if spec is not None and spec != "none" and not _is_memory(spec):
         try:
             _redis_store()
         except ImportError as exc:
@@ -407,8 +416,8 @@ def _check_store(spec: str | None, workers: int) -> None:
 def _build_store(spec: str) -> StreamStore | None:
     if spec == "none":
         return None
-    if spec == "memory":
-        return MemoryStore()
+    if _is_memory(spec):
+        return MemoryStore.from_url(spec)
     try:
         store: StreamStore = _redis_store().from_url(spec)
     except ValueError as exc:

@@ -167,6 +167,10 @@ def test_settings_given_to_a_runtime() -> None:
     given = FlowRuntime(FlowRegistry())
     settings("--store", "memory", "--grace", "2", "--max-streams-per-key", "3").apply(given)
     assert isinstance(given.store, MemoryStore) and given.grace == 2.0
+    tuned = FlowRuntime(FlowRegistry())
+    settings("--store", "memory?keep_for=60&max_total_bytes=1000000").apply(tuned)
+    assert isinstance(tuned.store, MemoryStore)
+    assert (tuned.store.keep_for, tuned.store.max_total_bytes) == (60.0, 1_000_000)
     assert given.caller_limits is not None and given.caller_limits.max_streams == 3
     untouched = FlowRuntime(FlowRegistry(), store=kept)
     settings().apply(untouched)  # nothing asked: the app's own settings stay
@@ -265,8 +269,14 @@ def test_every_mistake_is_one_line_and_exit_2(
         (
             ["--store", "disk"],
             {},
-            "llmbrick serve: --store: choose memory, none or redis://HOST:PORT/DB; got 'disk' "
-            "(see llmbrick serve --help)",
+            "llmbrick serve: --store: choose memory (memory?keep_for=SECONDS&...), none or "
+            "redis://HOST:PORT/DB; got 'disk' (see llmbrick serve --help)",
+        ),
+        (
+            ["--store", "memory?keep=60"],
+            {},
+            "llmbrick serve: --store: the memory store has no setting 'keep'; it takes "
+            "keep_for, max_events, max_bytes, max_total_bytes, window (see llmbrick serve --help)",
         ),
         (
             ["--workers", "0"],

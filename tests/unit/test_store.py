@@ -77,7 +77,7 @@ async def test_a_log_drops_the_oldest_beyond_its_bounds_and_says_so() -> None:
         log.append(text(n), 10)
     assert (log.first, log.last) == (4, 6)
     with pytest.raises(LLMBrickError) as caught:
-        log.events_after(1)
+        log.events_after(0)
     assert caught.value.code is ErrorCode.FAILED_PRECONDITION
     assert "resume after 3 or later" in caught.value.message
     assert [e["id"] for e in log.events_after(3)] == ["4", "5", "6"]
@@ -151,12 +151,41 @@ async def test_cancel_policy_stops_the_flow_and_keeps_what_it_made() -> None:
     release, log = asyncio.Event(), []
     runtime = FlowRuntime(flows(release, log), store=MemoryStore())
     stream_id = await first_then_leave(runtime, "cancel")
-    assert log == ["cancelled", "finally"]
+    # Its client's task ran it, so it was closed where it stood: at its yield.
+    assert log == ["finally"]
     resumed = await runtime.resume(stream_id, context=RequestContext())
     events = (await resumed.collect())["events"]
     assert [e["type"] for e in events] == ["text", "error"]
     assert events[-1]["error"] == {"code": "CANCELLED", "message": "the client went away"}
     assert runtime.active_streams == 0
+
+
+async def test_cancel_policy_keeps_the_flow_for_a_reader_who_resumed_meanwhile() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream = runtime.start("cancel", HELLO)
+    first = await anext(aiter(stream))
+    resumed = await runtime.resume(stream.id, 0, context=RequestContext())
+    assert await anext(aiter(resumed)) == first
+    await stream.aclose()  # the first client leaves; the second still reads
+    assert log == [] and runtime.active_streams == 1
+    release.set()
+    rest = [e async for e in resumed]
+    assert [e["text"] for e in rest[:-1]] == ["b"] and rest[-1]["type"] == "done"
+    assert log == ["ended", "finally"] and runtime.active_streams == 0
+    # The other way round: the last reader leaving stops it.
+    release.clear()
+    log.clear()
+    stream = runtime.start("cancel", HELLO)
+    await anext(aiter(stream))
+    resumed = await runtime.resume(stream.id, 1, context=RequestContext())
+    await stream.aclose()
+    await resumed.aclose()
+    assert log[-1] == "finally" and "ended" not in log and runtime.active_streams == 0
+    events = (await (await runtime.resume(stream.id, 0, context=RequestContext())).collect())[
+        "events"
+    ]
+    assert events[-1]["error"]["code"] == "CANCELLED"
 
 
 async def test_continue_policy_runs_to_the_end_for_a_client_to_read_later() -> None:
@@ -272,3 +301,61 @@ async def test_a_reader_cancelled_while_waiting_leaves_the_others_waiting() -> N
     log.append(done(2), 10)
     await asyncio.wait_for(second, 1)
     assert results == ["1", "2"]
+
+
+def test_a_memory_store_from_its_url_and_the_mistakes_it_names() -> None:
+    store = MemoryStore.from_url("memory?keep_for=30&max_events=50&window=4096")
+    assert (store.keep_for, store.max_events, store.window) == (30.0, 50, 4096)
+    assert MemoryStore.from_url("memory").keep_for == MemoryStore().keep_for
+    mistakes = {
+        "memory?keep_for=soon": "the memory store's keep_for must be a positive float, got 'soon'",
+        "memory?max_events=1.5": "the memory store's max_events must be a positive int, got '1.5'",
+        "memory?keep_for=0": "keep_for must be positive, got 0.0",
+        "memory?size=1": "the memory store has no setting 'size'; it takes keep_for, max_events",
+        "memroy": "a memory store is written memory or memory?SETTING=VALUE, got 'memroy'",
+    }
+    for url, message in mistakes.items():
+        with pytest.raises(ValueError) as raised:
+            MemoryStore.from_url(url)
+        assert str(raised.value).startswith(message), (url, str(raised.value))
+
+
+async def test_a_finished_log_nobody_reads_is_packed_and_reads_back_the_same() -> None:
+    log = new_log(max_events=4)
+    for n in range(1, 7):
+        log.append(text(n), 10)
+    assert not log.pack()  # still running: it stays as it is
+    log.append(done(7), 10)
+    before = (log.first, log.last, log.bytes)
+    assert log.pack() and log._events == []  # one bytes object instead of an object per event
+    assert (log.first, log.last, log.bytes) == before == (3, 7, 50)
+    assert [e["id"] for e in log.events_after(5)] == ["6", "7"]  # read back: unpacked
+    assert log.pack()
+    assert [e async for e in log.follow(3)] == [text(4), text(5), text(6), done(7)]
+    with pytest.raises(LLMBrickError, match="events 1-2 of stream s are no longer kept"):
+        log.events_after(0)
+    # A reader attached keeps it unpacked, whatever a sweep asks.
+    reader = log.follow(5)
+    assert (await anext(reader))["id"] == "6"
+    assert not log.pack()
+    await reader.aclose()  # type: ignore[attr-defined]
+    assert log.pack()
+    # An event JSON cannot hold stays a Python object, unpacked.
+    odd = new_log()
+    odd.append({"type": "done", "id": "1", "when": object()}, 10)
+    assert not odd.pack() and odd.events_after(0)[0]["type"] == "done"
+
+
+async def test_a_store_packs_finished_streams_when_it_sweeps() -> None:
+    store = MemoryStore()
+    release = asyncio.Event()
+    release.set()
+    runtime = FlowRuntime(flows(release, []), store=store)
+    first = runtime.start("continue", HELLO)
+    expected = (await first.collect())["events"]
+    store._swept = 0.0  # due: the sweep runs at most once a second
+    second = runtime.start("continue", HELLO)
+    assert first.log is not None and first.log._packed is not None
+    resumed = await runtime.resume(first.id, 0, context=RequestContext())
+    assert [e async for e in resumed] == expected
+    await second.collect()
