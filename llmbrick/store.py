@@ -104,10 +104,11 @@ class StreamLog:
     """One stream's events, in memory, with readers following it live.
 
     The log keeps at most ``max_events`` events and ``max_bytes`` bytes by
-    dropping the oldest; a reader that asks for a dropped event gets a clear
-    error. While a reader is attached and behind by ``window`` bytes, the
-    producer waits (:meth:`room`), so a slow client holds back the flow
-    instead of making it drop what the client has not read.
+    dropping the oldest (down to a sixteenth under the bound); a reader that
+    asks for a dropped event gets a clear error. While a reader is attached
+    and behind by ``window`` bytes, the producer waits (:meth:`room`), so a
+    slow client holds back the flow instead of making it drop what the client
+    has not read.
 
     Args:
         record: the stream's record.
@@ -202,12 +203,16 @@ class StreamLog:
                     waiter.set_result(None)
 
     def _trim(self) -> None:
-        # Drop the oldest events beyond the bounds, but never the newest one.
+        # Drop the oldest events beyond the bounds, but never the newest one; a sixteenth
+        # more than needed, so that a long stream at its bound does not move every kept
+        # event at every append.
         ends = self._ends
         count = len(self._events)
+        max_events = self.max_events - self.max_events // 16
+        max_bytes = self.max_bytes - self.max_bytes // 16
         drop = 0
         kept = self._total - self._base
-        while count - drop > 1 and (count - drop > self.max_events or kept > self.max_bytes):
+        while count - drop > 1 and (count - drop > max_events or kept > max_bytes):
             drop += 1
             kept = self._total - ends[drop - 1]
         if drop:

@@ -359,3 +359,15 @@ async def test_a_store_packs_finished_streams_when_it_sweeps() -> None:
     resumed = await runtime.resume(first.id, 0, context=RequestContext())
     assert [e async for e in resumed] == expected
     await second.collect()
+
+
+def test_a_log_at_its_bound_drops_a_sixteenth_at_a_time() -> None:
+    log = new_log(max_events=64)
+    for n in range(1, 65):
+        log.append(text(n), 10)
+    assert (log.first, log.last) == (1, 64)
+    log.append(text(65), 10)  # over: down to 60 (64 less a sixteenth)
+    assert (log.first, log.last) == (6, 65)
+    for n in range(66, 70):
+        log.append(text(n), 10)  # back to 64: nothing dropped
+    assert (log.first, log.last) == (6, 69)
