@@ -230,9 +230,7 @@ class FlowStream:
                 if log.readers:
                     # Someone resumed it meanwhile: the flow goes on for them, as it
                     # would for any reader, in a task of its own.
-                    self._driver = asyncio.get_running_loop().create_task(
-                        self._drive(log, store)
-                    )
+                    self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
                 else:
                     await events.aclose()
                     gone: Event = {
