@@ -249,9 +249,13 @@ class StreamLog:
 
     def behind(self) -> int:
         """Bytes the slowest attached reader has not read yet."""
-        if not self._readers or not self._events:
+        readers = self._readers
+        if not readers or not self._events:
             return 0
-        index = min(reader.next for reader in self._readers) - self._first
+        if len(readers) == 1:
+            index = readers[0].next - self._first
+        else:
+            index = min(reader.next for reader in readers) - self._first
         if index >= len(self._events):
             return 0
         return self._total - (self._ends[index - 1] if index > 0 else self._base)

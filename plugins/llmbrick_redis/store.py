@@ -36,18 +36,27 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("llmbrick.redis")
 
-# Adds a batch of events: KEYS are the streams' event keys; ARGV holds, per event,
-# its entry id, its JSON and "1" for a terminal event, then the trim length and the
-# milliseconds a finished stream is kept. An entry already there (a retried batch)
-# is skipped rather than failing the batch.
+# Adds a batch of events. KEYS: one event key per run (events of one stream with
+# consecutive numbers); ARGV: the trim length and the milliseconds a finished stream is
+# kept, then per run: its first event's number, how many events, "1" if its last one is
+# terminal, and their JSON. An entry already there (a retried batch) is skipped rather
+# than failing the batch. One argument per event: packing them is most of what a batch
+# costs the instance that sends it.
 _APPEND = """
-local cap = ARGV[#ARGV - 1]
-local keep = ARGV[#ARGV]
+local cap = ARGV[1]
+local keep = ARGV[2]
+local at = 3
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local at = (i - 1) * 3
-  local added = redis.pcall('XADD', key, 'MAXLEN', '~', cap, ARGV[at + 1], 'e', ARGV[at + 2])
-  if ARGV[at + 3] == '1' then
+  local first = tonumber(ARGV[at])
+  local count = tonumber(ARGV[at + 1])
+  local terminal = ARGV[at + 2]
+  at = at + 3
+  for j = 0, count - 1 do
+    redis.pcall('XADD', key, 'MAXLEN', '~', cap, (first + j) .. '-0', 'e', ARGV[at + j])
+  end
+  at = at + count
+  if terminal == '1' then
     local meta = key .. ':meta'
     redis.call('HSET', meta, 'finished', '1')
     redis.call('PEXPIRE', key, keep)
@@ -276,13 +285,33 @@ class RedisStore(MemoryStore):
                 # Kept while it runs (the lease renewal extends it), then keep_for.
                 pipe.pexpire(meta, int((self.keep_for + self.lease * 3) * 1000))
             if pending:
-                keys = [self._key(stream_id) for stream_id, _, _, _ in pending]
-                args: list[Any] = []
-                for _, event_id, data, terminal in pending:
-                    args += [f"{event_id}-0", data, "1" if terminal else "0"]
-                args += [str(self.max_events), keep]
-                await self._append(keys=keys, args=args, client=pipe)
+                keys, args = self._runs(pending)
+                await self._append(keys=keys, args=[self.max_events, keep, *args], client=pipe)
             await pipe.execute()
+
+    def _runs(self, pending: list[tuple[str, str, bytes, bool]]) -> tuple[list[str], list[Any]]:
+        """``_APPEND``'s keys and arguments for ``pending``: each stream's events in runs."""
+        streams: dict[str, list[tuple[str, bytes, bool]]] = {}
+        for stream_id, event_id, data, terminal in pending:
+            entries = streams.get(stream_id)
+            if entries is None:
+                entries = streams[stream_id] = []
+            entries.append((event_id, data, terminal))
+        keys: list[str] = []
+        args: list[Any] = []
+        for stream_id, entries in streams.items():
+            key = self._key(stream_id)
+            start = 0
+            while start < len(entries):
+                first = int(entries[start][0])
+                end = start + 1
+                while end < len(entries) and int(entries[end][0]) == first + end - start:
+                    end += 1
+                keys.append(key)
+                args += [first, end - start, "1" if entries[end - 1][2] else "0"]
+                args += [data for _, data, _ in entries[start:end]]
+                start = end
+        return keys, args
 
     # -- lease and cancels --------------------------------------------------------------
 
