@@ -141,6 +141,9 @@ class RequestContext:
         principal: set once authenticated.
         stream_id: set by the runtime when a stream starts.
         flow: the flow's name, once known.
+        tag: what a client can find this request's kept stream by later, set by an
+            adapter before the stream starts (the AI SDK's chat id; see
+            :meth:`FlowRuntime.find`).
     """
 
     __slots__ = (
@@ -153,6 +156,7 @@ class RequestContext:
         "principal",
         "request_id",
         "stream_id",
+        "tag",
         "transport",
     )
 
@@ -175,6 +179,7 @@ class RequestContext:
         self.principal: Principal | None = None
         self.stream_id: str | None = None
         self.flow: str | None = None
+        self.tag: str | None = None
         self._stream: Any = None  # the FlowStream, once started (for brick hooks)
 
     def __repr__(self) -> str:

@@ -259,8 +259,12 @@ class FlowRuntime:
         if asked is None:
             return spec.on_disconnect or self.on_disconnect
         asked = asked.strip().lower()
-        if asked not in spec.disconnect_choices:
-            choices = ", ".join(sorted(spec.disconnect_choices))
+        allowed = spec.disconnect_choices
+        if spec.on_disconnect is None:
+            # What every client gets anyway may also be asked for by name.
+            allowed = allowed | {self.on_disconnect}
+        if asked not in allowed:
+            choices = ", ".join(sorted(allowed))
             raise InvalidRequest(
                 f"flow {spec.name!r} lets a client choose {choices} on disconnect, "
                 f"not {asked[:16]!r}"
@@ -349,6 +353,24 @@ class FlowRuntime:
             # Another principal's stream looks exactly like one that does not exist.
             raise FlowNotFound("no such stream (it may have expired)")
         return record
+
+    async def find(self, tag: str, *, context: RequestContext) -> str | None:
+        """The id of the newest kept stream started with ``tag`` that the caller may read.
+
+        ``None`` without a store, when no stream has the tag any more, or when it is
+        someone else's (which looks the same).
+
+        Raises:
+            Unauthenticated: with an authenticator, when the caller is not authenticated.
+        """
+        await self.authenticate(context)
+        if self.store is None:
+            return None
+        record = await self.store.tagged(tag)
+        principal = context.principal.id if context.principal is not None else None
+        if record is None or not record.allows(principal, None):
+            return None
+        return record.id
 
     async def resume(
         self,

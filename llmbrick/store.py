@@ -55,6 +55,7 @@ class StreamRecord:
         policy: the disconnect policy in force.
         created: wall-clock time of the start.
         owner: the instance running it (shared stores).
+        tag: what a client can find it by (its request context's ``tag``), if anything.
     """
 
     id: str
@@ -64,6 +65,7 @@ class StreamRecord:
     token: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
     owner: str | None = None
+    tag: str | None = None
 
     def allows(self, principal: str | None, token: str | None) -> bool:
         """Whether a caller (its principal id, or a token it presents) may see this stream."""
@@ -374,6 +376,11 @@ class StreamStore(ABC):
         """The record of a stream this process does not have (shared stores)."""
         return None
 
+    async def tagged(self, tag: str) -> StreamRecord | None:
+        """The record of the newest kept stream started with ``tag``, if any (a store
+        that does not index tags finds none)."""
+        return None
+
     def remote(self, record: StreamRecord, after: int) -> AsyncIterator[Event]:
         """Replay and follow a stream another instance runs (shared stores).
 
@@ -434,6 +441,7 @@ class MemoryStore(StreamStore):
         self.keep_for = keep_for
         self.window = window
         self._logs: OrderedDict[str, StreamLog] = OrderedDict()
+        self._tags: dict[str, str] = {}  # tag -> the newest stream started with it
         self._swept = time.monotonic()
 
     @classmethod
@@ -472,15 +480,28 @@ class MemoryStore(StreamStore):
         self._sweep()
         log = StreamLog(record, self.max_events, self.max_bytes, self.window)
         self._logs[record.id] = log
+        if record.tag is not None:
+            self._tags[record.tag] = record.id
         return log
 
     def get(self, stream_id: str) -> StreamLog | None:
         log = self._logs.get(stream_id)
         finished_at = log.finished_at if log is not None else None
         if finished_at is not None and time.monotonic() - finished_at > self.keep_for:
-            del self._logs[stream_id]
+            self._forget(stream_id)
             return None
         return log
+
+    async def tagged(self, tag: str) -> StreamRecord | None:
+        stream_id = self._tags.get(tag)
+        log = self.get(stream_id) if stream_id is not None else None
+        return log.record if log is not None else None
+
+    def _forget(self, stream_id: str) -> None:
+        log = self._logs.pop(stream_id)
+        tag = log.record.tag
+        if tag is not None and self._tags.get(tag) == stream_id:
+            del self._tags[tag]
 
     def _sweep(self) -> None:
         # At most once a second: the budget may be overrun for that long, never more.
@@ -496,14 +517,14 @@ class MemoryStore(StreamStore):
                 else:
                     log.pack()
         for key in expired:
-            del self._logs[key]
+            self._forget(key)
         total = self._total()
         if total <= self.max_total_bytes:
             return
         for key, log in list(self._logs.items()):  # oldest first
             if log.finished and not log.readers:
                 total -= log.bytes
-                del self._logs[key]
+                self._forget(key)
                 if total <= self.max_total_bytes:
                     return
         # Running streams stay whole: their own bounds keep each one small.

@@ -122,7 +122,7 @@ class FlowStream:
             self._reader: AsyncIterator[Event] = self._events
         else:
             principal = context.principal.id if context.principal is not None else None
-            record = StreamRecord(self.id, spec.name, principal, policy)
+            record = StreamRecord(self.id, spec.name, principal, policy, tag=context.tag)
             self._log = log = store.add(record)
             if policy == "cancel":
                 # The flow stops when its client leaves anyway: the client's task runs it

@@ -15,7 +15,7 @@ import asyncio
 import math
 import time
 import types
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -285,6 +285,7 @@ class StreamEndpoint:
             ) from None
         try:
             opening = codec.open(payload, headers, runtime)
+            context.tag = opening.tag
             last = headers.get("last-event-id")
             if last is not None and self.streams_path is not None and ":" in last:
                 # A client re-sending its request after a drop: resume, do not start again.
@@ -540,11 +541,17 @@ class KeptStreamEndpoint:
     ``GET`` resumes after the ``Last-Event-ID`` header, or the ``lastEventId``
     query parameter, or from the start.
 
+    With ``tag_of``, the route names a tag instead of a stream id (the AI SDK's
+    ``GET {api}/{chatId}/stream``): ``GET`` replays the newest kept stream
+    started with that tag that the caller may read, from the start, and answers
+    ``204`` when there is none.
+
     Args:
         runtime: the runtime shared with every other adapter.
         codec: the wire format of the replayed events (llmbrick's SSE).
         ping_interval, max_buffer_bytes: as :class:`StreamEndpoint`.
         streams_path: the route's own path, for the ``Location`` of what it serves.
+        tag_of: the tag a request's scope names.
     """
 
     def __init__(
@@ -555,9 +562,11 @@ class KeptStreamEndpoint:
         ping_interval: float = 15.0,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         streams_path: str = "/streams",
+        tag_of: Callable[[Scope], str] | None = None,
     ) -> None:
         self.runtime = runtime
         self.codec = codec
+        self.tag_of = tag_of
         self._sender = StreamEndpoint(
             runtime,
             codec,
@@ -573,6 +582,19 @@ class KeptStreamEndpoint:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         token = _first(query, "token")
         try:
+            if self.tag_of is not None:
+                if method != "GET":
+                    raise Rejected.invalid(
+                        405,
+                        f"method {str(method)[:16]} is not allowed here; use GET",
+                        (b"allow", b"GET"),
+                    )
+                found = await self.runtime.find(self.tag_of(scope), context=context)
+                if found is None:
+                    await send({"type": "http.response.start", "status": 204, "headers": []})
+                    await send(_END)
+                    return
+                stream_id = found
             if method == "DELETE":
                 await self.runtime.cancel(stream_id, context=context, token=token)
                 await send({"type": "http.response.start", "status": 204, "headers": []})

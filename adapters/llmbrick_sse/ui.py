@@ -1,4 +1,5 @@
-"""The Vercel AI SDK's UI message stream: ``POST /v1/ui/chat`` for ``useChat``.
+"""The Vercel AI SDK's UI message stream: ``POST /v1/ui/chat`` for ``useChat``, and
+``GET /v1/ui/chat/{chatId}/stream`` for its ``resume: true``.
 
 A React (or Vue, Svelte, plain) page using the AI SDK's ``useChat`` with
 ``new DefaultChatTransport({api: "/v1/ui/chat"})`` talks to a gateway as it
@@ -55,7 +56,8 @@ from llmbrick.runtime import DISCONNECT_HEADER
 
 from .codec import PING, status_for_error
 from .codec import error_body as _error_body
-from .endpoint import StreamEndpoint
+from .endpoint import KeptStreamEndpoint, StreamEndpoint
+from .server import send_not_found
 from .wire import MAX_ECHO, FrameWriter, Opening
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     from llmbrick.stream import FlowStream, InvokeResult
     from llmbrick_http import HttpSettings
 
-__all__ = ["UI_STREAM_HEADERS", "UICodec", "create_ui_router", "ui_messages_to_chat"]
+__all__ = ["UI_STREAM_HEADERS", "UICodec", "chat_tag", "create_ui_router", "ui_messages_to_chat"]
 
 #: The response headers of a UI message stream; the SDK's own server sends the same.
 UI_STREAM_HEADERS = [
@@ -92,6 +94,7 @@ _FINISH_REASONS = {
 }
 _DONE = b"data: [DONE]\n\n"
 _POLICY_HEADER = DISCONNECT_HEADER.encode()
+_MAX_CHAT_ID = 256  # longer chat ids are served but not indexed for resuming
 
 
 def _problem(loc: str, message: str) -> InvalidRequest:
@@ -366,7 +369,8 @@ class UICodec:
             and "session_id" not in payload
         ):
             payload["sessionId"] = chat_id  # the chat is the conversation a flow may remember
-        return Opening(spec.name, payload, True, {"continues": _continued(messages)})
+        tag = chat_tag(chat_id) if isinstance(chat_id, str) and chat_id else None
+        return Opening(spec.name, payload, True, {"continues": _continued(messages)}, tag=tag)
 
     def _flow_name(self, named: Any) -> str:
         if named is not None and not isinstance(named, str):
@@ -390,6 +394,11 @@ class UICodec:
 
     def error_body(self, error: ErrorInfo, status: int) -> bytes:
         return _error_body(error)
+
+
+def chat_tag(chat_id: str) -> str | None:
+    """The tag a chat's streams are kept under (``None`` for an id too long to index)."""
+    return f"ui-chat:{chat_id}" if len(chat_id) <= _MAX_CHAT_ID else None
 
 
 def _continued(messages: Any) -> str | None:
@@ -416,13 +425,18 @@ def create_ui_router(
     settings: HttpSettings | None = None,
     name: str = "llmbrick-ui-chat",
 ) -> Router:
-    """``POST {prefix}{path}``: the AI SDK's UI message stream for ``useChat``.
+    """``POST {prefix}{path}``: the AI SDK's UI message stream for ``useChat``, and
+    ``GET {prefix}{path}/{chatId}/stream``, where ``useChat({resume: true})`` (the
+    chat's ``resumeStream()``) reads a chat's stream again after a reload.
 
-    The SDK's ``stop()`` aborts the request, and nothing on this route can pick a
-    stream up again (the SDK resumes through a route of its own, which this is
-    not), so its streams are cancelled when the client leaves even where the
-    server keeps streams for others: a request that names no
-    ``llmbrick-on-disconnect`` policy gets ``cancel``.
+    The SDK's ``stop()`` aborts the request, which the server cannot tell from a
+    dropped connection, so a request that names no ``llmbrick-on-disconnect``
+    policy gets ``cancel``: stop cancels the flow. An app that resumes chats sends
+    ``llmbrick-on-disconnect: grace`` (the transport's ``headers``) to a server
+    that keeps streams: the flow then runs on for ``grace`` seconds after a
+    drop, and the ``GET`` replays the chat's newest kept stream from its start
+    (``204`` when there is none); stop then ends the flow after the grace only,
+    the trade-off the SDK documents for resumable streams.
 
     Args:
         runtime: the runtime shared with every other adapter.
@@ -447,7 +461,26 @@ def create_ui_router(
         settings=settings,
     )
 
+    resume = KeptStreamEndpoint(
+        runtime,
+        endpoint.codec,
+        ping_interval=ping_interval,
+        max_buffer_bytes=max_buffer_bytes,
+        tag_of=_scope_tag,
+    )
+
     async def ui_chat(scope: Scope, receive: Receive, send: Send) -> None:
+        # Mounted, so the path is what follows {path}: nothing for a chat turn,
+        # /<chat id>/stream for a resume (Litestar routes path parameters of ASGI
+        # handlers badly).
+        rest = str(scope.get("path", "")).strip("/")
+        if rest:
+            chat_id, _, tail = rest.partition("/")
+            if tail != "stream" or not chat_id:
+                await send_not_found(send)
+            else:
+                await resume(scope, receive, send)
+            return
         headers = scope["headers"]
         if not any(key.lower() == _POLICY_HEADER for key, _ in headers):
             scope["headers"] = [*headers, (_POLICY_HEADER, b"cancel")]
@@ -455,5 +488,11 @@ def create_ui_router(
 
     return Router(
         path=prefix or "/",
-        route_handlers=[asgi(path, copy_scope=False, name=name)(ui_chat)],
+        route_handlers=[asgi(path, is_mount=True, copy_scope=True, name=name)(ui_chat)],
     )
+
+
+def _scope_tag(scope: Scope) -> str:
+    chat_id = str(scope.get("path", "")).strip("/").partition("/")[0]
+    # An id too long to have been indexed finds nothing, as an unknown one does.
+    return chat_tag(chat_id) or "ui-chat:"

@@ -46,6 +46,8 @@ class Opening:
         options: whatever else the codec needs later (e.g. OpenAI's include_usage).
         detached: start the stream and answer at once with where to follow it
             (``POST /streams``); the flow runs on under its disconnect policy.
+        tag: what a client can find the kept stream by later (the request
+            context's ``tag``).
     """
 
     flow: str | None
@@ -53,6 +55,7 @@ class Opening:
     streaming: bool
     options: dict[str, Any] = field(default_factory=dict)
     detached: bool = False
+    tag: str | None = None
 
 
 class FrameWriter(Protocol):

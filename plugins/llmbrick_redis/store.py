@@ -174,6 +174,9 @@ class RedisStore(MemoryStore):
     def _key(self, stream_id: str) -> str:
         return f"{self.prefix}:stream:{stream_id}"
 
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}:tag:{tag}"
+
     def _instance_key(self, instance: str) -> str:
         return f"{self.prefix}:instance:{instance}"
 
@@ -283,7 +286,10 @@ class RedisStore(MemoryStore):
                 fields: Any = _record_fields(record)
                 pipe.hset(meta, mapping=fields)
                 # Kept while it runs (the lease renewal extends it), then keep_for.
-                pipe.pexpire(meta, int((self.keep_for + self.lease * 3) * 1000))
+                kept = int((self.keep_for + self.lease * 3) * 1000)
+                pipe.pexpire(meta, kept)
+                if record.tag is not None:
+                    pipe.set(self._tag_key(record.tag), record.id, px=kept)
             if pending:
                 keys, args = self._runs(pending)
                 await self._append(keys=keys, args=[self.max_events, keep, *args], client=pipe)
@@ -319,11 +325,13 @@ class RedisStore(MemoryStore):
         lease_ms = int(self.lease * 1000)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self._instance_key(self.instance), "1", px=lease_ms)
-            for stream_id in self._running:
+            for stream_id, log in self._running.items():
                 key = self._key(stream_id)
                 keep_ms = int((self.keep_for + self.lease * 3) * 1000)
                 pipe.pexpire(key, keep_ms)
                 pipe.pexpire(key + ":meta", keep_ms)
+                if log.record.tag is not None:
+                    pipe.pexpire(self._tag_key(log.record.tag), keep_ms)
             await pipe.execute()
 
     async def _renew_loop(self) -> None:
@@ -376,6 +384,17 @@ class RedisStore(MemoryStore):
         if not fields:
             return None
         return _record_from(stream_id, fields)
+
+    async def tagged(self, tag: str) -> StreamRecord | None:
+        try:
+            found: Any = await self.client.get(self._tag_key(tag))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"cannot reach the stream store: {exc}") from None
+        if found is None:
+            return None
+        stream_id = found.decode() if isinstance(found, bytes) else str(found)
+        log = self.get(stream_id)
+        return log.record if log is not None else await self.lookup(stream_id)
 
     def remote(self, record: StreamRecord, after: int) -> AsyncIterator[Event]:
         return self._follow(record, after)
@@ -467,6 +486,8 @@ def _record_fields(record: StreamRecord) -> dict[str, str]:
     }
     if record.principal is not None:
         fields["principal"] = record.principal
+    if record.tag is not None:
+        fields["tag"] = record.tag
     return fields
 
 
@@ -483,6 +504,7 @@ def _record_from(stream_id: str, fields: dict[bytes, bytes]) -> StreamRecord:
         token=text("token") or "",
         created=float(text("created") or 0),
         owner=text("owner") or None,
+        tag=text("tag"),
     )
 
 

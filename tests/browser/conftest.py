@@ -22,6 +22,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, async_playwright, expect
 
 from llmbrick import ApiKeyAuth, FlowRuntime
+from llmbrick.store import StreamStore
 from llmbrick_gateway import Gateway
 from llmbrick_sse import create_playground_router, create_ui_router
 from tests.browser.flows import Flows
@@ -74,12 +75,16 @@ def _gateway(runtime: FlowRuntime, routes: Sequence[Any]) -> Gateway:
 
 @asynccontextmanager
 async def serving(
-    *, authenticated: bool = False, routes: Sequence[Any] = ()
+    *,
+    authenticated: bool = False,
+    routes: Sequence[Any] = (),
+    store: StreamStore | None = None,
+    flows: Flows | None = None,
 ) -> AsyncIterator[Served]:
     """A live gateway with the test flows, the playground, the UI route and ``routes``."""
-    flows = Flows()
+    flows = flows or Flows()
     auth = ApiKeyAuth([API_KEY]) if authenticated else None
-    runtime = FlowRuntime(flows.registry, authenticator=auth)
+    runtime = FlowRuntime(flows.registry, authenticator=auth, store=store)
     async with serve_gateway(_gateway(runtime, routes)) as gateway:
         yield Served(gateway.urls["flows"].removesuffix("/flows"), flows, runtime)
 

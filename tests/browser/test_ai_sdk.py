@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from litestar import MediaType, Response, get
+from litestar import MediaType, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from playwright.async_api import expect
 
+from llmbrick import MemoryStore
 from tests.browser.conftest import Served, Watched, serving
+from tests.browser.flows import Flows
 from tests.components import NODE_PACKAGES, node
 from tests.support import TIMEOUT
 
@@ -91,9 +93,9 @@ async def served() -> AsyncIterator[Served]:
         yield value
 
 
-async def chat(served: Served, scenario: str) -> dict[str, Any]:
+async def chat(served: Served, scenario: str, *args: str) -> dict[str, Any]:
     """What the SDK's chat held after ``scenario`` (see the script), run in Node."""
-    result = await node(SCRIPT, [scenario, served.base + "/v1/ui/chat"])
+    result = await node(SCRIPT, [scenario, served.base + "/v1/ui/chat", *args])
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
@@ -232,3 +234,25 @@ async def test_in_chromium_errors_and_a_tool_round_trip(served: Served, watched:
     got = await in_chromium(watched, served, "tools")
     assert (got["status"], got["error"]) == ("ready", None)
     assert texts(got["messages"][-1]) == "Let me look. It is 21 degrees in Paris."
+
+
+async def test_a_reloaded_page_resumes_its_chats_stream() -> None:
+    """``resumeStream()`` (``useChat({resume: true})``) reads the chat's kept stream again."""
+    flows = Flows()
+
+    @post("/test/release/{key:str}", status_code=204, name="test-release")
+    async def release(key: FromPath[str]) -> None:
+        flows.released(key).set()
+
+    async with serving(store=MemoryStore(), flows=flows, routes=[release]) as kept:
+        got = await chat(kept, "resume", kept.base + "/test/release")
+    key = "resume from the sdk"
+    assert got["released"] == 204
+    # The stopped page had part one; the flow ran on (grace) instead of being cancelled.
+    assert texts(got["before"]["messages"][-1]) == "part one; "
+    assert key not in flows.cancelled and flows.finished(key).is_set()
+    # The reloaded page got the whole answer, as one assistant message with the same id.
+    assert (got["status"], got["error"]) == ("ready", None)
+    resumed = got["messages"][-1]
+    assert resumed["role"] == "assistant" and texts(resumed) == "part one; part two"
+    assert resumed["id"] == got["before"]["messages"][-1]["id"]

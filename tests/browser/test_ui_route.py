@@ -13,12 +13,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from llmbrick import FlowRuntime, InvalidRequest
+from llmbrick import ApiKeyAuth, FlowRegistry, FlowRuntime, InvalidRequest, MemoryStore
+from llmbrick.runtime import DISCONNECT_HEADER
 from llmbrick_http import HttpSettings, build_app
 from llmbrick_sse import create_ui_router
 from llmbrick_sse.ui import ui_messages_to_chat
 from tests.browser.flows import Flows
-from tests.support import TIMEOUT, parse_sse, serve_asgi
+from tests.support import TIMEOUT, Gate, parse_sse, serve_asgi
 
 #: The HTTP tests share the module's app, so they run on the module's loop.
 live = pytest.mark.asyncio(loop_scope="module")
@@ -247,3 +248,56 @@ def test_malformed_ui_messages_name_their_place(messages: Any, loc: str) -> None
     with pytest.raises(InvalidRequest) as caught:
         ui_messages_to_chat(messages)
     assert caught.value.details[0]["loc"] == loc
+
+
+async def test_a_chat_stream_is_read_again_by_chat_id_after_a_drop() -> None:
+    """``GET /v1/ui/chat/{id}/stream``: what ``useChat({resume: true})`` asks after a reload."""
+    gate = Gate()
+    registry = FlowRegistry()
+    registry.register("default", gate.flow)
+    runtime = FlowRuntime(
+        registry, store=MemoryStore(), authenticator=ApiKeyAuth(["ka name=a", "kb name=b"])
+    )
+    alice = {"authorization": "Bearer ka", DISCONNECT_HEADER: "grace"}
+    async with (
+        serve_asgi(build_app([create_ui_router(runtime)], HttpSettings())) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as http,
+    ):
+        async with http.stream("POST", "/v1/ui/chat", json=ask("hi"), headers=alice) as first:
+            stream_id = first.headers["x-llmbrick-stream-id"]
+            seen = ""
+            async for text in first.aiter_text():
+                seen += text
+                if '"delta":"t2"' in seen:
+                    break  # the page reloads: the connection drops mid-answer
+        gate.release.set()
+        again = await http.get("/v1/ui/chat/chat-1/stream", headers=alice)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        replayed = chunks(again.text)
+        # The whole answer from its start, under the same message id, then the end.
+        assert replayed[0] == {"type": "start", "messageId": f"msg-{stream_id}"}
+        deltas = [c["delta"] for c in replayed[:-1] if c["type"] == "text-delta"]
+        assert deltas == ["t1", "t2", "t3", "t4", "t5", "t6"]
+        assert replayed[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
+        assert gate.ended == ["done"]
+        # Another key's request, an unknown chat, and a method the route does not take.
+        other = {"authorization": "Bearer kb"}
+        assert (await http.get("/v1/ui/chat/chat-1/stream", headers=other)).status_code == 204
+        unknown = await http.get("/v1/ui/chat/chat-2/stream", headers=alice)
+        assert (unknown.status_code, unknown.content) == (204, b"")
+        assert (await http.get("/v1/ui/chat/chat-1/stream")).status_code == 401
+        refused = await http.delete("/v1/ui/chat/chat-1/stream", headers=alice)
+        assert (refused.status_code, refused.headers["allow"]) == (405, "GET")
+
+
+async def test_without_a_store_a_chat_has_no_stream_to_read_again() -> None:
+    async with (
+        serve_asgi(
+            build_app([create_ui_router(FlowRuntime(Flows().registry))], HttpSettings())
+        ) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as http,
+    ):
+        assert (await http.post("/v1/ui/chat", json=ask("hi"))).status_code == 200
+        response = await http.get("/v1/ui/chat/chat-1/stream")
+        assert (response.status_code, response.content) == (204, b"")

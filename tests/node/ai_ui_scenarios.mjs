@@ -101,6 +101,35 @@ export function scenarios(api) {
       return summary(chat);
     },
 
+    // A page reloads mid-answer: its chat is stopped (the connection goes away) and a new
+    // chat with the same id calls resumeStream(), as useChat({resume: true}) does on mount.
+    // The app asks for the grace policy, so the flow runs on; `release` lets it finish.
+    async resume(release, text = "resume from the sdk") {
+      const kept = () => new DefaultChatTransport({
+        api,
+        body: { flow: "paced" },
+        headers: { "llmbrick-on-disconnect": "grace" },
+      });
+      let streaming;
+      const started = new Promise((resolve) => { streaming = resolve; });
+      const before = new Chat({
+        transport: kept(),
+        onChange: (messages) => {
+          const last = messages[messages.length - 1];
+          if (last && last.role === "assistant" && last.parts.some((p) => p.text)) streaming();
+        },
+      });
+      const sent = before.sendMessage({ text });
+      await started;
+      await before.stop();
+      await sent;
+      const after = new Chat({ id: before.id, transport: kept() });
+      const resumed = after.resumeStream();
+      const released = await fetch(`${release}/${encodeURIComponent(text)}`, { method: "POST" });
+      await resumed;
+      return summary(after, { before: summary(before), released: released.status });
+    },
+
     // A client-side tool: the flow asks, the page answers, the SDK resubmits by itself.
     async tools() {
       const calls = [];

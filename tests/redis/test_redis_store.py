@@ -178,3 +178,26 @@ async def test_resume_after_the_end_and_gaps_are_clear(redis: RedisServer) -> No
             async for _ in await b.resume(stream_id, 0, context=RequestContext()):
                 pass
         assert gap.value.code is ErrorCode.FAILED_PRECONDITION
+
+
+async def test_an_instance_finds_a_tagged_stream_another_runs(redis: RedisServer) -> None:
+    """What a chat's resume route asks: the newest stream of a tag, from any instance."""
+    gate_a, gate_b = Gate(count=4, hold=3), Gate()
+    async with instance(redis.url, gate_a) as a, instance(redis.url, gate_b) as b:
+        tagged = RequestContext()
+        tagged.tag = "ui-chat:c1"
+        older = a.start("continue", HELLO, context=tagged)
+        await anext(aiter(older))
+        again = RequestContext()
+        again.tag = "ui-chat:c1"
+        newer = a.start("continue", HELLO, context=again)
+        await anext(aiter(newer))
+        await flushed(a)
+        assert await b.find("ui-chat:c1", context=RequestContext()) == newer.id
+        assert await a.find("ui-chat:c1", context=RequestContext()) == newer.id
+        assert await b.find("ui-chat:other", context=RequestContext()) is None
+        gate_a.release.set()
+        await older.collect()
+        await newer.collect()
+        resumed = await b.resume(newer.id, 0, context=RequestContext())
+        assert texts((await resumed.collect())["events"]) == ["t1", "t2", "t3", "t4", "done"]

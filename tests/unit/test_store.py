@@ -371,3 +371,17 @@ def test_a_log_at_its_bound_drops_a_sixteenth_at_a_time() -> None:
     for n in range(66, 70):
         log.append(text(n), 10)  # back to 64: nothing dropped
     assert (log.first, log.last) == (6, 69)
+
+
+async def test_a_memory_store_finds_the_newest_stream_of_a_tag_while_it_keeps_it() -> None:
+    store = MemoryStore(keep_for=60)
+    first = store.add(StreamRecord("s1", "f", None, tag="chat:1"))
+    assert (await store.tagged("chat:1")) is first.record
+    second = store.add(StreamRecord("s2", "f", None, tag="chat:1"))
+    assert (await store.tagged("chat:1")) is second.record
+    assert await store.tagged("chat:2") is None
+    second.append(done(1), 10)
+    assert second.finished_at is not None
+    second.finished_at -= 61  # past keep_for: forgotten, and its tag with it
+    assert store.get("s2") is None and await store.tagged("chat:1") is None
+    assert store.get("s1") is first  # an older stream of the tag is not found by it
