@@ -58,6 +58,7 @@ from benchmarks.common import (
     bench_schedule,
     prepare_process,
 )
+from llmbrick.serving import settle_heap
 
 __all__ = ["KINDS", "main"]
 
@@ -139,8 +140,9 @@ async def _open_store(runtime: Any) -> None:
         await runtime.store.open()
 
 
-def _uvicorn(app: Any, runtime: Any = None, **options: Any) -> None:
-    """Serve ``app`` on uvicorn; ``runtime``: open its store first, in the server's loop."""
+def _uvicorn(app: Any, runtime: Any = None, *, ours: bool = True, **options: Any) -> None:
+    """Serve ``app`` on uvicorn; ``runtime``: open its store first, in the server's loop;
+    ``ours``: set up the garbage collector as llmbrick's servers do."""
     import uvicorn
     import uvloop
 
@@ -160,6 +162,8 @@ def _uvicorn(app: Any, runtime: Any = None, **options: Any) -> None:
             await _open_store(runtime)
         await server.serve(sockets=[sock])
 
+    if ours:
+        settle_heap()  # as our servers' run() does; a bare app is left as Python sets it
     _announce(sock.getsockname()[1])  # connections wait in the backlog until it serves
     uvloop.run(serve())
 
@@ -373,9 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     elif kind in ("sse", "openai") or kind.startswith("sse-"):
         _serve_sse(_target(kind, options.redis))
     elif kind == "grpc" or kind.startswith("grpc-"):
-        asyncio.run(_serve_grpc(_target(kind, options.redis)))
+        target = _target(kind, options.redis)
+        settle_heap()  # as GrpcServer.run() does
+        asyncio.run(_serve_grpc(target))
     elif kind == "bare-sse":
-        _uvicorn(_bare_sse_app(), lifespan="off", ws="none")
+        _uvicorn(_bare_sse_app(), ours=False, lifespan="off", ws="none")
     elif kind == "bare-ws":
         import uvloop
 

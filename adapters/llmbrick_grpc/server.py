@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from llmbrick import Brick, FlowRuntime
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
-from llmbrick.serving import as_runtime
+from llmbrick.serving import as_runtime, settle_heap
 
 from ._generated import brick_pb2, flow_pb2
 from ._handlers import register_servicer
@@ -387,4 +387,5 @@ class GrpcServer:
         """Serve until interrupted (blocking; starts its own event loop)."""
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        settle_heap()
         asyncio.run(self.serve(host, port, grace))

@@ -369,6 +369,12 @@ class StreamEndpoint:
         try:
             while waiting is None:
                 if not stepping and probe:
+                    if ready:
+                        # What the last probe got goes out before the flow is awaited
+                        # again: the flow may wait long before its next event.
+                        waiting = _begin_write(send, ready, watch)
+                        ready, size = [], 0
+                        continue
                     probe -= 1
                     try:
                         event = await next_event()
@@ -377,9 +383,7 @@ class StreamEndpoint:
                         break
                     frame = encode(event)
                     if frame:
-                        ready.append(frame)  # after the one the last probe left, if any
-                        waiting = _begin_write(send, ready, watch)
-                        ready, size = [], 0
+                        waiting = _begin_write(send, [frame], watch)
                     continue
                 steps = next_event().__await__()
                 try:

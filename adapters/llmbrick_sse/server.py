@@ -11,7 +11,7 @@ from litestar.types import Receive, Scope, Send
 
 from llmbrick import FlowRuntime, LLMBrickError
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
-from llmbrick.serving import as_runtime
+from llmbrick.serving import as_runtime, settle_heap
 from llmbrick_http import (
     HttpSettings,
     build_app,
@@ -276,4 +276,7 @@ class SSEServer:
 
         options: dict[str, Any] = {"log_level": "info", "loop": "auto", "lifespan": "on"}
         options.update(uvicorn_options)
-        uvicorn.Server(uvicorn_config(self.app, self.http, host=host, port=port, **options)).run()
+        config = uvicorn_config(self.app, self.http, host=host, port=port, **options)
+        server = uvicorn.Server(config)
+        settle_heap()
+        server.run()

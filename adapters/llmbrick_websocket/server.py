@@ -13,7 +13,7 @@ from litestar import Router, WebSocket, websocket
 
 from llmbrick import FlowRuntime
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES
-from llmbrick.serving import as_runtime
+from llmbrick.serving import as_runtime, settle_heap
 from llmbrick_http import HttpSettings, build_app, uvicorn_config
 
 from .connection import Limits, serve_connection
@@ -153,4 +153,7 @@ class WebSocketServer:
         options: dict[str, Any] = {"log_level": "info", "loop": "auto", "lifespan": "on"}
         options.update(self.uvicorn_options())
         options.update(uvicorn_options)
-        uvicorn.Server(uvicorn_config(self.app, self.http, host=host, port=port, **options)).run()
+        config = uvicorn_config(self.app, self.http, host=host, port=port, **options)
+        server = uvicorn.Server(config)
+        settle_heap()
+        server.run()

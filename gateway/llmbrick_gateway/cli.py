@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from llmbrick import ErrorInfo, Event, FlowRuntime, LLMBrickError, Unavailable
-from llmbrick.serving import as_runtime
+from llmbrick.serving import as_runtime, settle_heap
 
 from ._command import EXIT_FAILED as _EXIT_FAILED
 from ._command import EXIT_USAGE as _EXIT_USAGE
@@ -46,7 +46,7 @@ from ._transports import TRANSPORTS, installed_transports, require_transport
 from ._workers import Supervisor, WorkerSpec, run_worker, worker_spec
 from .client import Target, connect, parse_url
 from .demo import demo_pipeline
-from .gateway import Gateway, freeze_startup_heap
+from .gateway import Gateway
 from .loader import TargetError, load_target
 
 __all__ = ["main"]
@@ -432,7 +432,7 @@ def _run_gateway(gateway: Gateway, worker: WorkerSpec | None) -> None:
     if worker is None:
         gateway.run()
         return
-    freeze_startup_heap()
+    settle_heap()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with the extras

@@ -12,7 +12,6 @@ then closes it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import socket
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from llmbrick import FlowRuntime
-from llmbrick.serving import as_runtime
+from llmbrick.serving import as_runtime, settle_heap
 
 from ._listen import bind_http
 from ._transports import TRANSPORTS, require_transport
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
     from llmbrick_grpc import GrpcServer
     from llmbrick_http import HttpServer, HttpSettings
 
-__all__ = ["TRANSPORTS", "Gateway", "TlsSource", "banner", "freeze_startup_heap"]
+__all__ = ["TRANSPORTS", "Gateway", "TlsSource", "banner"]
 
 _log = logging.getLogger("llmbrick.gateway")
 
@@ -82,17 +81,6 @@ class TlsSource(Protocol):
     def client_ca(self) -> str | None:
         """CA bundle for client certificates (mutual TLS), or ``None``."""
         ...
-
-
-def freeze_startup_heap() -> None:
-    """Move what a serving process holds before it serves out of the collector's reach.
-
-    Modules, the app and the registry live as long as the process, yet every full
-    garbage collection would walk them again while the event loop waits (``gc.freeze``):
-    afterwards, it walks only what the streams made.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class Gateway:
@@ -312,7 +300,7 @@ class Gateway:
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, on uvloop when it is installed."""
-        freeze_startup_heap()
+        settle_heap()
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop ships with the extras

@@ -543,3 +543,33 @@ async def test_events_made_without_waiting_share_a_write() -> None:
         frames = [f for f in await sse_events(address, HELLO) if f["type"] == "text"]
     assert [frame["text"] for frame in frames] == [f"{n:03d}" for n in range(160)]
     assert len(counts) < 30, f"{len(counts)} writes for 160 events"
+
+
+async def test_an_event_goes_out_before_the_flow_waits_for_the_next_one() -> None:
+    """A flow that waits before every event (a model's tokens) never has one held back until
+    the next: each turn of the flow waits for the client to have read the previous event,
+    past the point where the endpoint stops stepping the flow and only probes it."""
+    turns = [asyncio.Event() for _ in range(40)]
+    registry = FlowRegistry()
+
+    async def stepwise(request: ChatRequest) -> AsyncIterator[Event]:
+        for n, turn in enumerate(turns):
+            await turn.wait()
+            yield {"type": "text", "text": f"t{n}"}
+
+    registry.register("stepwise", stepwise)
+    payload = {"flow": "stepwise", "messages": [{"role": "user", "content": "x"}]}
+    async with (
+        serve_asgi(SSEServer(FlowRuntime(registry)).app) as address,
+        httpx.AsyncClient(base_url=f"http://{address}", timeout=TIMEOUT) as client,
+        client.stream("POST", "/chat/completions", json=payload) as response,
+        asyncio.timeout(TIMEOUT),
+    ):
+        lines = response.aiter_lines()
+        for n, turn in enumerate(turns):
+            turn.set()
+            async for line in lines:
+                if line.startswith("data:") and f'"t{n}"' in line:
+                    break
+            else:
+                raise AssertionError(f"the stream ended before t{n}")

@@ -129,3 +129,17 @@ def test_core_sources_never_import_transports_or_adapters() -> None:
 
 def test_py_typed_ships() -> None:
     assert (ROOT / "llmbrick" / "py.typed").exists()
+
+
+def test_a_serving_process_settles_its_heap() -> None:
+    """``settle_heap`` (every server's run()): the startup heap frozen, full collections rarer."""
+    code = (
+        "import gc; from llmbrick.serving import settle_heap, FULL_COLLECTION_EVERY; "
+        "before = gc.get_threshold(); settle_heap(); after = gc.get_threshold(); "
+        "print(gc.get_freeze_count() > 1000, before[:2] == after[:2], "
+        "after[2] == FULL_COLLECTION_EVERY == 100)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr
