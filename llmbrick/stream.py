@@ -233,17 +233,7 @@ class FlowStream:
                     self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
                 else:
                     await events.aclose()
-                    gone: Event = {
-                        "type": "error",
-                        "error": {
-                            "code": ErrorCode.CANCELLED.value,
-                            "message": "the client went away",
-                        },
-                        "id": str(log.last + 1),
-                        "progress": "ERROR",
-                    }
-                    log.append(gone, event_size(gone))
-                    appended(log, gone)
+                    _end_log(log, appended, "the client went away")
 
     async def _drive(self, log: StreamLog, store: StreamStore) -> None:
         """Run the flow into its log (kept streams): readers follow the log."""
@@ -259,14 +249,7 @@ class FlowStream:
         finally:
             if not log.finished:
                 # Closed from outside (the loop shutting down): readers still get an end.
-                failed: Event = {
-                    "type": "error",
-                    "error": {"code": ErrorCode.CANCELLED.value, "message": "the run was stopped"},
-                    "id": str(log.last + 1),
-                    "progress": "ERROR",
-                }
-                log.append(failed, event_size(failed))
-                appended(log, failed)
+                _end_log(log, appended, "the run was stopped")
 
     def _release(self) -> None:
         if not self._released:
@@ -440,6 +423,18 @@ class FlowStream:
                 observers.call(
                     observers.all, "stream_ended", self, StreamResult(outcome, seq, duration, first)
                 )
+
+
+def _end_log(log: StreamLog, appended: Callable[[StreamLog, Event], None], message: str) -> None:
+    """Give a log whose flow was closed before its end a ``CANCELLED`` terminal event."""
+    ended: Event = {
+        "type": "error",
+        "error": {"code": ErrorCode.CANCELLED.value, "message": message},
+        "id": str(log.last + 1),
+        "progress": "ERROR",
+    }
+    log.append(ended, event_size(ended))
+    appended(log, ended)
 
 
 def _task_lookup() -> Callable[[], asyncio.Task[Any] | None]:

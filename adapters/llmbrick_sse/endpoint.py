@@ -555,7 +555,7 @@ class KeptStreamEndpoint:
         codec: the wire format of the replayed events (llmbrick's SSE).
         ping_interval, max_buffer_bytes: as :class:`StreamEndpoint`.
         streams_path: the route's own path, for the ``Location`` of what it serves.
-        tag_of: the tag a request's scope names.
+        tag_of: the tag a request's scope names (``None``: one no stream can have).
     """
 
     def __init__(
@@ -566,7 +566,7 @@ class KeptStreamEndpoint:
         ping_interval: float = 15.0,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         streams_path: str = "/streams",
-        tag_of: Callable[[Scope], str] | None = None,
+        tag_of: Callable[[Scope], str | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.codec = codec
@@ -593,7 +593,9 @@ class KeptStreamEndpoint:
                         f"method {str(method)[:16]} is not allowed here; use GET",
                         (b"allow", b"GET"),
                     )
-                found = await self.runtime.find(self.tag_of(scope), context=context)
+                await self.runtime.authenticate(context)
+                tag = self.tag_of(scope)
+                found = await self.runtime.find(tag, context=context) if tag else None
                 if found is None:
                     await send({"type": "http.response.start", "status": 204, "headers": []})
                     await send(_END)

@@ -492,7 +492,6 @@ def create_ui_router(
     )
 
 
-def _scope_tag(scope: Scope) -> str:
-    chat_id = str(scope.get("path", "")).strip("/").partition("/")[0]
+def _scope_tag(scope: Scope) -> str | None:
     # An id too long to have been indexed finds nothing, as an unknown one does.
-    return chat_tag(chat_id) or "ui-chat:"
+    return chat_tag(str(scope.get("path", "")).strip("/").partition("/")[0])

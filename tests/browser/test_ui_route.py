@@ -286,6 +286,8 @@ async def test_a_chat_stream_is_read_again_by_chat_id_after_a_drop() -> None:
         assert (await http.get("/v1/ui/chat/chat-1/stream", headers=other)).status_code == 204
         unknown = await http.get("/v1/ui/chat/chat-2/stream", headers=alice)
         assert (unknown.status_code, unknown.content) == (204, b"")
+        too_long = await http.get(f"/v1/ui/chat/{'c' * 300}/stream", headers=alice)
+        assert (too_long.status_code, too_long.content) == (204, b"")  # never indexed
         assert (await http.get("/v1/ui/chat/chat-1/stream")).status_code == 401
         refused = await http.delete("/v1/ui/chat/chat-1/stream", headers=alice)
         assert (refused.status_code, refused.headers["allow"]) == (405, "GET")
