@@ -226,10 +226,19 @@ class Pump(Generic[T]):
         return await self._buffer.take()
 
     async def aclose(self) -> None:
-        """Stop the source (its ``finally`` blocks run) and close it."""
+        """Stop the source (its ``finally`` blocks run) and close it.
+
+        A source with a ``disconnect(task)`` method (a ``FlowStream``) decides how
+        the task reading it stops: a flow kept running after its client left ends
+        that task at its next event, and closes itself then.
+        """
         task = self._task
         if not task.done():
-            task.cancel()
+            disconnect = getattr(self._source, "disconnect", None)
+            if disconnect is None:
+                task.cancel()
+            elif not disconnect(task):
+                return
             await asyncio.wait([task])
         if not task.cancelled():
             task.exception()  # retrieved, so asyncio does not log it as forgotten

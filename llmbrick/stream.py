@@ -54,12 +54,15 @@ FAIR_SLICE = 32
 class FlowStream:
     """One running flow; an async iterator of stamped events. Close it with ``aclose``.
 
-    Without a store, the consumer's own task runs the flow as it iterates, and
-    closing the stream cancels the flow. With a store, the flow runs in a task
-    of its own that writes every event to the stream's log, and the consumer
-    is one reader of that log: closing the stream detaches the reader, and the
-    flow's disconnect policy decides what happens next (``cancel`` at once,
-    ``grace`` after a while without readers, or ``continue`` to the end).
+    The consumer's own task runs the flow as it iterates. Without a store,
+    closing the stream cancels the flow. With a store, every event is also
+    written to the stream's log, which other clients can read (a resume), and
+    when the client goes away the flow's disconnect policy decides what
+    happens next: ``cancel`` at once, ``grace`` after a while without readers,
+    or ``continue`` to the end, the flow then running on in a task of its own.
+    Adapters tell the stream that their client left with :meth:`disconnect`
+    rather than by cancelling the consumer's task, which would cancel the
+    flow's own wait whatever its policy.
 
     Attributes:
         id: the stream id: random, unique across instances and restarts.
@@ -73,13 +76,17 @@ class FlowStream:
         "_attached",
         "_caller",
         "_driver",
+        "_ended",
         "_events",
         "_grace_timer",
+        "_leaving",
         "_log",
         "_reader",
         "_released",
         "_runtime",
+        "_started",
         "_stopping",
+        "_turning",
         "_waiting",
         "context",
         "grace",
@@ -112,26 +119,25 @@ class FlowStream:
         self._stopping: ErrorInfo | None = None
         # The task blocked on the flow right now, if any: the one _stop() must interrupt.
         self._waiting: asyncio.Task[Any] | None = None
+        # The task yielding the loop between two events of a flow that never waits.
+        self._turning: asyncio.Task[Any] | None = None
+        # The consumer's task that runs the flow although its client left (see disconnect).
+        self._leaving: asyncio.Task[Any] | None = None
+        self._ended: asyncio.Future[None] | None = None
         self._events = self._iterate()
         self._attached = True
+        self._started = False
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._driver: asyncio.Task[None] | None = None
         store = runtime.store
         if store is None:
             self._log: StreamLog | None = None
-            self._driver: asyncio.Task[None] | None = None
             self._reader: AsyncIterator[Event] = self._events
         else:
             principal = context.principal.id if context.principal is not None else None
             record = StreamRecord(self.id, spec.name, principal, policy, tag=context.tag)
             self._log = log = store.add(record)
-            if policy == "cancel":
-                # The flow stops when its client leaves anyway: the client's task runs it
-                # and writes the log as it reads, one task and no hand-off per event.
-                self._driver = None
-                self._reader = self._direct(log, store)
-            else:
-                self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
-                self._reader = log.follow(0)
+            self._reader = self._direct(log, store)
 
     @property
     def log(self) -> StreamLog | None:
@@ -171,38 +177,87 @@ class FlowStream:
     async def aclose(self) -> None:
         """The consumer is done: stop the flow (its ``finally`` blocks run), unless the
         stream is kept and its policy keeps it running for a reader to come back."""
-        if self._log is None:
+        log = self._log
+        if log is None:
             try:
                 await self._events.aclose()
             finally:
                 self._release()
             return
-        if not self._attached:
+        if not self._attached or self._leaving is not None:
+            # Left already, or the consumer's task still runs the flow and leaves at
+            # the next event (closing the reader under it would fail).
+            self._attached = False
             return
         self._attached = False
         await self._reader.aclose()  # type: ignore[attr-defined]
+        if not self._started and not log.finished:
+            # Closed before it was read: the reader never ran the flow nor handed it on.
+            self._hand_off(log)
         await self._unattended()
+
+    def disconnect(self, task: asyncio.Task[Any]) -> bool:
+        """The client of the consumer's ``task`` went away: end that task, keeping the flow
+        if its policy says so. Adapters call this instead of ``task.cancel()``.
+
+        A cancel reaching the task while it runs the flow would cancel the flow's own
+        wait (a model's reply, say). So when a kept stream's policy keeps the flow, and
+        the task is inside the flow, the task is left to run it until the next event;
+        that event is kept, the flow goes on in a task of its own, and the consumer's
+        task ends with ``CancelledError`` there, as the cancel would have ended it.
+
+        Returns:
+            True if ``task`` was cancelled now; False if it ends at the flow's next event
+            (do not wait for it, nor close the stream under it).
+        """
+        if (
+            self._log is None
+            or self.policy == "cancel"
+            or (task is not self._waiting and task is not self._turning)
+        ):
+            task.cancel()
+            return True
+        self._leaving = task
+        self._attached = False
+        self._unattended_now()  # the grace period starts now, not at the next event
+        return False
+
+    def _hand_off(self, log: StreamLog) -> None:
+        """Run the rest of the flow in a task of its own, into the log."""
+        store = self._runtime.store
+        assert store is not None
+        if self._driver is None:
+            self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
 
     def cancel(self, message: str = "the stream was cancelled by the client") -> None:
         """End the stream now with a ``CANCELLED`` terminal event; what it produced is kept."""
         self._stop({"code": ErrorCode.CANCELLED.value, "message": message})
 
     async def wait(self) -> None:
-        """Wait until a kept stream's flow, run by a task of its own, has ended (at once
-        without one: without a store, or while its client runs it)."""
+        """Wait until the flow has ended, whichever task runs it (at once if it has)."""
+        if not self._released:
+            if self._ended is None:
+                self._ended = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._ended)
         if self._driver is not None:
             await asyncio.wait([self._driver])
 
     async def _unattended(self) -> None:
         """A reader left: apply the disconnect policy once nobody reads."""
-        log = self._log
-        if log is None or self._attached or log.readers or log.finished:
-            return
-        if self.policy == "cancel":
+        if self._unattended_now():
             self.cancel("the client went away")
             await self.wait()
-        elif self.policy == "grace" and self._grace_timer is None:
+
+    def _unattended_now(self) -> bool:
+        """Start the grace period if nobody reads; True if the flow must be cancelled now."""
+        log = self._log
+        if log is None or self._attached or log.readers or log.finished:
+            return False
+        if self.policy == "cancel":
+            return True
+        if self.policy == "grace" and self._grace_timer is None:
             self._grace_timer = asyncio.get_running_loop().call_later(self.grace, self._grace_over)
+        return False
 
     def _grace_over(self) -> None:
         self._grace_timer = None
@@ -217,33 +272,41 @@ class FlowStream:
             self._grace_timer = None
 
     async def _direct(self, log: StreamLog, store: StreamStore) -> AsyncGenerator[Event]:
-        """Run the flow in the consumer's task, writing the log (the ``cancel`` policy)."""
+        """Run the flow in the consumer's task, writing the log as the consumer reads."""
+        self._started = True
         events = self._events
-        appended = store.appended
+        appended = _appended(store)
         try:
             async for event in events:
                 log.append(event, event_size(event))
-                appended(log, event)
+                if appended is not None:
+                    appended(log, event)
+                if self._leaving is not None:
+                    # The client left while the flow made this event (see disconnect).
+                    raise asyncio.CancelledError
                 yield event
         finally:
-            if not log.finished:
-                if log.readers:
-                    # Someone resumed it meanwhile: the flow goes on for them, as it
-                    # would for any reader, in a task of its own.
-                    self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
-                else:
-                    await events.aclose()
-                    _end_log(log, appended, "the client went away")
+            if log.finished:
+                await events.aclose()  # past the terminal event: the flow's end runs now
+            elif self.policy == "cancel" and not log.readers:
+                await events.aclose()
+                _end_log(log, appended, "the client went away")
+            else:
+                # Kept for a reader to come back (or one that already did): the flow goes
+                # on in a task of its own.
+                self._hand_off(log)
 
     async def _drive(self, log: StreamLog, store: StreamStore) -> None:
-        """Run the flow into its log (kept streams): readers follow the log."""
+        """Run the rest of the flow into its log once its first client left: readers
+        (resumes) follow the log."""
         events = self._events
-        appended = store.appended
+        appended = _appended(store)
         try:
             async with aclosing(events):
                 async for event in events:
                     log.append(event, event_size(event))
-                    appended(log, event)
+                    if appended is not None:
+                        appended(log, event)
                     if log.readers and log.behind() > log.window:
                         await log.room()
         finally:
@@ -255,6 +318,9 @@ class FlowStream:
         if not self._released:
             self._released = True
             self._runtime._release(self)
+            ended = self._ended
+            if ended is not None and not ended.done():
+                ended.set_result(None)
 
     def _stopped_by_runtime(self) -> bool:
         # Absorb the cancel that _stop() sent, so the consumer's task goes on normally.
@@ -322,7 +388,11 @@ class FlowStream:
                             # Let the loop turn: other streams, health checks and the
                             # disconnect watchers run even if this flow never awaits.
                             turn = FAIR_SLICE
-                            await asyncio.sleep(0)
+                            self._turning = current_task()
+                            try:
+                                await asyncio.sleep(0)
+                            finally:
+                                self._turning = None
                         # Adapters may hand the stream to another task mid-way (to read
                         # ahead while a slow client drains), so look the task up each time.
                         self._waiting = current_task()
@@ -425,7 +495,16 @@ class FlowStream:
                 )
 
 
-def _end_log(log: StreamLog, appended: Callable[[StreamLog, Event], None], message: str) -> None:
+def _appended(store: StreamStore) -> Callable[[StreamLog, Event], None] | None:
+    """The store's per-event hook, or None when it has none (the call is then skipped)."""
+    if type(store).appended is StreamStore.appended:
+        return None
+    return store.appended
+
+
+def _end_log(
+    log: StreamLog, appended: Callable[[StreamLog, Event], None] | None, message: str
+) -> None:
     """Give a log whose flow was closed before its end a ``CANCELLED`` terminal event."""
     ended: Event = {
         "type": "error",
@@ -434,7 +513,8 @@ def _end_log(log: StreamLog, appended: Callable[[StreamLog, Event], None], messa
         "progress": "ERROR",
     }
     log.append(ended, event_size(ended))
-    appended(log, ended)
+    if appended is not None:
+        appended(log, ended)
 
 
 def _task_lookup() -> Callable[[], asyncio.Task[Any] | None]:
@@ -504,6 +584,15 @@ class ResumedStream:
 
     def __anext__(self) -> Any:
         return self._events.__anext__()
+
+    def disconnect(self, task: asyncio.Task[Any]) -> bool:
+        """The client of the reading ``task`` went away: cancel it (a reader runs no flow).
+
+        Returns:
+            True, as :meth:`FlowStream.disconnect` when it cancels the task now.
+        """
+        task.cancel()
+        return True
 
     async def aclose(self) -> None:
         """Stop reading."""

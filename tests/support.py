@@ -140,6 +140,17 @@ async def quiescent(count: Callable[[], int], turns: int = 200) -> int:
     raise AssertionError(f"the flow never stopped producing ({last} events)")
 
 
+async def until(condition: Callable[[], bool], what: str = "the condition") -> None:
+    """Wait until ``condition()`` holds, checking every few milliseconds (for state another
+    thread or process changes, with no event to wait on); fails after ``TIMEOUT``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} never held")
+        await asyncio.sleep(0.005)
+
+
 class Gate:
     """A flow of ``count`` texts that waits at ``hold`` for ``release``; records its end."""
 

@@ -16,7 +16,7 @@ from llmbrick import Brick, ErrorCode, FlowRuntime, InvalidRequest, LLMBrickErro
 from llmbrick.context import Headers
 from llmbrick.flow_control import DEFAULT_BUFFER_BYTES, Pump
 from llmbrick.store import event_size
-from llmbrick.stream import FlowStream, ResumedStream
+from llmbrick.stream import FlowStream, InvokeResult, ResumedStream
 
 from ._generated import brick_pb2, brick_pb2_grpc, flow_pb2, flow_pb2_grpc
 from .codec import (
@@ -68,6 +68,18 @@ def _framed(event: Any) -> tuple[Any, int]:
 def _output_json(output: Any) -> tuple[str, int]:
     text: str = output.model_dump_json()
     return text, len(text)
+
+
+async def _collect(stream: FlowStream) -> InvokeResult:
+    """``stream.collect()`` in a task of its own: gRPC cancels the handler's task when the
+    client goes away, and that cancel must not reach a flow its policy keeps running."""
+    task = asyncio.ensure_future(stream.collect())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if stream.disconnect(task):
+            await asyncio.wait([task])
+        raise
 
 
 async def _abort(
@@ -249,7 +261,7 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         """Run a flow to its end; a failed flow ends the call with its status."""
         stream = await self._start(request, context)
         try:
-            result = await stream.collect()
+            result = await _collect(stream)
             error = result["error"]
             if error is None:
                 response = flow_pb2.InvokeResponse(text=result["text"])

@@ -16,6 +16,7 @@ import math
 import time
 import types
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -36,7 +37,7 @@ _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class _Watch:
-    """Listens for the client going away (cancelling the stream) and sends keepalive pings.
+    """Listens for the client going away (ending the stream) and sends keepalive pings.
 
     The pings run on a timer rather than in the listening task, so an idle
     stream holds one small task and one timer handle. A ping goes out one
@@ -57,7 +58,12 @@ class _Watch:
     )
 
     def __init__(
-        self, receive: Receive, send: Send, owner: asyncio.Task[Any], ping: bytes, interval: float
+        self,
+        receive: Receive,
+        send: Send,
+        leave: Callable[[], object],
+        ping: bytes,
+        interval: float,
     ) -> None:
         self.disconnected = False
         self.finished = False
@@ -67,16 +73,16 @@ class _Watch:
         self._interval = interval
         self._pinging: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._listen(receive, owner))
+        self._task = asyncio.create_task(self._listen(receive, leave))
         self._timer = self._loop.call_later(interval, self._tick) if interval > 0 else None
 
-    async def _listen(self, receive: Receive, owner: asyncio.Task[Any]) -> None:
+    async def _listen(self, receive: Receive, leave: Callable[[], object]) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 if not self.finished:
                     self.disconnected = True
-                    owner.cancel()
+                    leave()
                 return
 
     def _tick(self) -> None:
@@ -191,7 +197,7 @@ class StreamEndpoint:
         assert task is not None
         ping = self.ping_interval if opening.streaming else 0
         body_send: Send = _raw_send(scope, send)
-        watch = _Watch(receive, body_send, task, codec.ping, ping)
+        watch = _Watch(receive, body_send, partial(stream.disconnect, task), codec.ping, ping)
         try:
             if opening.streaming:
                 await self._stream(stream, opening, send, watch, body_send)
@@ -625,7 +631,8 @@ class KeptStreamEndpoint:
         task = asyncio.current_task()
         assert task is not None
         body_send: Send = _raw_send(scope, send)
-        watch = _Watch(receive, body_send, task, self.codec.ping, self._sender.ping_interval)
+        leave = partial(resumed.disconnect, task)
+        watch = _Watch(receive, body_send, leave, self.codec.ping, self._sender.ping_interval)
         opening = Opening(resumed.flow, None, True)
         try:
             await self._sender._stream(resumed, opening, send, watch, body_send)

@@ -380,10 +380,15 @@ class _Connection:
         self._closing = True
         if not self._running:
             return
-        for task, record in self._running.items():
-            if record.started:
-                task.cancel()
-        await asyncio.wait(list(self._running))
+        # A stream whose flow runs on after its client left ends its task by itself at
+        # the flow's next event; the connection does not wait for that.
+        stopping = [
+            task
+            for task, record in self._running.items()
+            if not record.started or record.stream.disconnect(task)
+        ]
+        if stopping:
+            await asyncio.wait(stopping)
 
     async def _flush(self) -> None:
         """Let the writer send what is buffered (an error frame explaining the close, say)."""

@@ -222,6 +222,102 @@ async def test_grace_policy_waits_for_a_reader_and_cancels_without_one() -> None
     assert last["error"] == {"code": "CANCELLED", "message": "no client came back within 0.05 s"}
 
 
+async def consuming(stream: Any, got: asyncio.Event) -> list[Event]:
+    """A client's task: reads the stream, setting ``got`` at the first event."""
+    seen: list[Event] = []
+    async with aclosing(stream):
+        async for event in stream:
+            seen.append(event)
+            got.set()
+    return seen
+
+
+async def test_a_client_leaving_while_its_task_waits_in_the_flow_does_not_cancel_a_kept_flow() -> (
+    None
+):
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream = runtime.start("continue", HELLO)
+    got = asyncio.Event()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()  # the client's task now waits inside the flow, for `release`
+    assert stream.disconnect(client) is False, "left to end at the next event"
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await client
+    await stream.wait()
+    assert log == ["ended", "finally"], "the flow ran to its end"
+    events = (await (await runtime.resume(stream.id, 0, context=RequestContext())).collect())[
+        "events"
+    ]
+    assert [e.get("text", e["type"]) for e in events] == ["a", "b", "done"]
+    assert runtime.active_streams == 0
+
+
+async def test_the_grace_period_starts_when_the_client_leaves_not_at_the_next_event() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream = runtime.start("grace", HELLO)
+    got = asyncio.Event()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()
+    assert stream.disconnect(client) is False
+    # The flow never makes another event; the grace period still ends it.
+    with pytest.raises(asyncio.CancelledError):
+        await client
+    await stream.wait()
+    assert log == ["cancelled", "finally"]
+    last = await (await runtime.resume(stream.id, 1, context=RequestContext())).collect()
+    assert last["error"] == {"code": "CANCELLED", "message": "no client came back within 0.05 s"}
+
+
+async def test_a_client_leaving_between_two_slices_of_a_flow_that_never_waits() -> None:
+    ended: list[str] = []
+    registry = FlowRegistry()
+
+    async def busy(request: ChatRequest) -> AsyncIterator[Event]:
+        for n in range(100):
+            yield {"type": "text", "text": str(n)}
+        ended.append("done")
+
+    registry.register("busy", busy, on_disconnect="continue")
+    runtime = FlowRuntime(registry, store=MemoryStore())
+    stream = runtime.start("busy", HELLO)
+    got = asyncio.Event()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()  # the client's task is where the runtime lets the loop turn
+    assert stream.disconnect(client) is False
+    with pytest.raises(asyncio.CancelledError):
+        await client
+    await stream.wait()
+    assert ended == ["done"]
+    events = (await (await runtime.resume(stream.id, 0, context=RequestContext())).collect())[
+        "events"
+    ]
+    assert [e["id"] for e in events] == [str(n) for n in range(1, 102)]
+
+
+async def test_disconnect_cancels_at_once_when_the_flow_would_stop_anyway() -> None:
+    release, log = asyncio.Event(), []
+    runtime = FlowRuntime(flows(release, log), store=MemoryStore())
+    stream = runtime.start("cancel", HELLO)
+    got = asyncio.Event()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()
+    assert stream.disconnect(client) is True
+    with pytest.raises(asyncio.CancelledError):
+        await client
+    assert log == ["cancelled", "finally"]
+    plain = FlowRuntime(flows(release, log))  # no store: nothing to keep
+    stream = plain.start("continue", HELLO)
+    got.clear()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()
+    assert stream.disconnect(client) is True
+    with pytest.raises(asyncio.CancelledError):
+        await client
+
+
 async def test_a_client_may_pick_a_policy_the_flow_allows() -> None:
     release, log = asyncio.Event(), []
     runtime = FlowRuntime(flows(release, log), store=MemoryStore())
