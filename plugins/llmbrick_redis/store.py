@@ -4,12 +4,14 @@ Each stream is a Redis Stream keyed by its id, with one entry per event whose
 entry id is ``<event id>-0`` (so reading "after event n" is one ``XRANGE``),
 and a hash of its record. The instance running a stream keeps its log in
 memory too (its own clients read that) and writes events to Redis in
-batches: everything appended during one turn of the event loop goes out in
-one round trip. Other instances replay with ``XRANGE`` and follow live with
-``XREAD BLOCK``. Each instance holds a lease (a key it renews); a stream whose
-instance lost its lease before the stream ended gets an ``UNAVAILABLE``
-terminal event, written once, atomically, by whoever notices first. Cancels
-travel over a pub/sub channel to the instance running the stream.
+batches, read from those logs: at most one round trip every
+``flush_interval`` (10 ms), so a fast stream's events go by the hundred,
+and the flow's own path pays one dictionary lookup per event. Other
+instances replay with ``XRANGE`` and follow live with ``XREAD BLOCK``. Each
+instance holds a lease (a key it renews); a stream whose instance lost its
+lease before the stream ended gets an ``UNAVAILABLE`` terminal event,
+written once, atomically, by whoever notices first. Cancels travel over a
+pub/sub channel to the instance running the stream.
 """
 
 from __future__ import annotations
@@ -36,26 +38,28 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("llmbrick.redis")
 
+_TERMINAL = ("done", "error")
+
 # Adds a batch of events. KEYS: one event key per run (events of one stream with
 # consecutive numbers); ARGV: the trim length and the milliseconds a finished stream is
-# kept, then per run: its first event's number, how many events, "1" if its last one is
-# terminal, and their JSON. An entry already there (a retried batch) is skipped rather
-# than failing the batch. One argument per event: packing them is most of what a batch
-# costs the instance that sends it.
+# kept, then per run: its first event's number, "1" if its last one is terminal, and
+# their JSON documents joined by newlines (JSON text has none of its own). An entry
+# already there (a retried batch) is skipped rather than failing the batch. One argument
+# per run, not per event: packing arguments is most of what a batch costs the instance
+# that sends it.
 _APPEND = """
 local cap = ARGV[1]
 local keep = ARGV[2]
 local at = 3
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local first = tonumber(ARGV[at])
-  local count = tonumber(ARGV[at + 1])
-  local terminal = ARGV[at + 2]
-  at = at + 3
-  for j = 0, count - 1 do
-    redis.pcall('XADD', key, 'MAXLEN', '~', cap, (first + j) .. '-0', 'e', ARGV[at + j])
+  local n = tonumber(ARGV[at])
+  local terminal = ARGV[at + 1]
+  for doc in string.gmatch(ARGV[at + 2], '[^\\n]+') do
+    redis.pcall('XADD', key, 'MAXLEN', '~', cap, n .. '-0', 'e', doc)
+    n = n + 1
   end
-  at = at + count
+  at = at + 3
   if terminal == '1' then
     local meta = key .. ':meta'
     redis.call('HSET', meta, 'finished', '1')
@@ -86,6 +90,7 @@ return n
 # Store settings a --store URL may carry in its query string, and how each is read.
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "lease": float,
+    "flush_interval": float,
     "keep_for": float,
     "prefix": str,
     "max_events": int,
@@ -106,10 +111,15 @@ class RedisStore(MemoryStore):
         lease: seconds an instance's lease lasts; it renews it three times as
             often. A stream whose instance stopped renewing gets its lost-run
             end this long after the last renewal, at the latest.
-        max_pending: events waiting for Redis (while it is unreachable) before the
-            oldest are dropped; a reader elsewhere then gets a clear error for the gap.
+        flush_interval: seconds between two writes at least. An event waits that long
+            at most before other instances see it (and before it survives this
+            instance); a write costs the instance about as much as a few dozen
+            events, so writing every event at once would multiply its CPU per event.
         **bounds: the in-memory bounds of :class:`~llmbrick.MemoryStore`
-            (``max_events`` also caps each Redis stream).
+            (``max_events`` also caps each Redis stream). Events not yet written
+            (while Redis is unreachable) wait in their stream's log, so a stream
+            that outgrows its log meanwhile loses its oldest unwritten events; a
+            reader elsewhere then gets a clear error for the gap.
     """
 
     shared = True
@@ -120,26 +130,32 @@ class RedisStore(MemoryStore):
         *,
         prefix: str = "llmbrick",
         lease: float = 10.0,
-        max_pending: int = 100_000,
+        flush_interval: float = 0.01,
         **bounds: Any,
     ) -> None:
         super().__init__(**bounds)
         if not lease > 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
+        if not 0 <= flush_interval < lease / 3:
+            raise ValueError(
+                "flush_interval must be at least 0 and under a third of the lease, "
+                f"got {flush_interval!r}"
+            )
+        self.flush_interval = flush_interval
         self.client = client
         self.prefix = prefix
         self.lease = lease
-        self.max_pending = max_pending
         #: This process's id among the instances sharing the store.
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{new_id()}"
-        self._pending: list[tuple[str, str, bytes, bool]] = []
+        # Logs with events not written yet, and the last event written of each log.
+        self._dirty: dict[StreamLog, None] = {}
+        self._written: dict[StreamLog, int] = {}
         self._records: list[StreamRecord] = []
         self._running: dict[str, StreamLog] = {}
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancel_handler: Callable[[str], None] | None = None
-        self._append: Any = None
         self._lost: Any = None
         self._reachable = True
 
@@ -197,7 +213,6 @@ class RedisStore(MemoryStore):
             raise Unavailable(
                 f"cannot reach the Redis stream store ({_where(self.client)}): {exc}"
             ) from None
-        self._append = self.client.register_script(_APPEND)
         self._lost = self.client.register_script(_LOST)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="llmbrick-redis-writer"),
@@ -230,20 +245,21 @@ class RedisStore(MemoryStore):
         return log
 
     def appended(self, log: StreamLog, event: Event) -> None:
-        terminal = event["type"] == "done" or event["type"] == "error"
-        self._pending.append((log.id, event["id"], orjson.dumps(event), terminal))
-        if terminal:
-            self._running.pop(log.id, None)
-        if len(self._pending) > self.max_pending:
-            dropped = self._pending[: len(self._pending) - self.max_pending]
-            del self._pending[: len(dropped)]
-            _log.error("dropped %d events the Redis store could not take", len(dropped))
-        self._wake.set()
+        # The writer reads the events from the log; here only which logs have new ones.
+        if log not in self._dirty:
+            self._dirty[log] = None
+            self._wake.set()
 
     async def _write_loop(self) -> None:
         backoff = 0.05
+        loop = asyncio.get_running_loop()
+        last = -self.flush_interval
         while True:
             await self._wake.wait()
+            pause = last + self.flush_interval - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)  # what comes meanwhile goes in the same write
+            last = loop.time()
             self._wake.clear()
             try:
                 await self._flush()
@@ -265,19 +281,17 @@ class RedisStore(MemoryStore):
         """Write what is waiting; one at a time, so a flush returns when it is all out."""
         async with self._flushing:
             records, self._records = self._records, []
-            pending, self._pending = self._pending, []
+            dirty, self._dirty = self._dirty, {}
             try:
-                await self._write(records, pending)
+                await self._write(records, dirty)
             except BaseException:
-                # Back in front of what arrived meanwhile, in order, for the next try.
+                # Back for the next try, before what arrived meanwhile.
                 self._records[:0] = records
-                self._pending[:0] = pending
+                self._dirty = {**dirty, **self._dirty}
                 raise
 
-    async def _write(
-        self, records: list[StreamRecord], pending: list[tuple[str, str, bytes, bool]]
-    ) -> None:
-        if not records and not pending:
+    async def _write(self, records: list[StreamRecord], dirty: dict[StreamLog, None]) -> None:
+        if not records and not dirty:
             return
         keep = str(int(self.keep_for * 1000))
         async with self.client.pipeline(transaction=False) as pipe:
@@ -290,34 +304,47 @@ class RedisStore(MemoryStore):
                 pipe.pexpire(meta, kept)
                 if record.tag is not None:
                     pipe.set(self._tag_key(record.tag), record.id, px=kept)
-            if pending:
-                keys, args = self._runs(pending)
-                await self._append(keys=keys, args=[self.max_events, keep, *args], client=pipe)
+            runs = self._runs(dirty)
+            if runs:
+                keys = [self._key(log.id) for log, _, _ in runs]
+                args: list[Any] = [self.max_events, keep]
+                for _, first, events in runs:
+                    terminal = events[-1]["type"] in _TERMINAL
+                    args += [first, "1" if terminal else "0", b"\n".join(map(orjson.dumps, events))]
+                # EVAL, not a registered script: in a pipeline redis-py asks Redis whether
+                # a registered one is loaded first, one more round trip per batch.
+                pipe.eval(_APPEND, len(keys), *keys, *args)
             await pipe.execute()
+        for log, first, events in runs:
+            last = first + len(events) - 1
+            if events[-1]["type"] in _TERMINAL:
+                self._written.pop(log, None)
+                self._running.pop(log.id, None)
+            else:
+                self._written[log] = last
 
-    def _runs(self, pending: list[tuple[str, str, bytes, bool]]) -> tuple[list[str], list[Any]]:
-        """``_APPEND``'s keys and arguments for ``pending``: each stream's events in runs."""
-        streams: dict[str, list[tuple[str, bytes, bool]]] = {}
-        for stream_id, event_id, data, terminal in pending:
-            entries = streams.get(stream_id)
-            if entries is None:
-                entries = streams[stream_id] = []
-            entries.append((event_id, data, terminal))
-        keys: list[str] = []
-        args: list[Any] = []
-        for stream_id, entries in streams.items():
-            key = self._key(stream_id)
-            start = 0
-            while start < len(entries):
-                first = int(entries[start][0])
-                end = start + 1
-                while end < len(entries) and int(entries[end][0]) == first + end - start:
-                    end += 1
-                keys.append(key)
-                args += [first, end - start, "1" if entries[end - 1][2] else "0"]
-                args += [data for _, data, _ in entries[start:end]]
-                start = end
-        return keys, args
+    def _runs(self, dirty: dict[StreamLog, None]) -> list[tuple[StreamLog, int, list[Event]]]:
+        """Each log's events not written yet: (log, the first one's number, the events)."""
+        runs = []
+        for log in dirty:
+            written = self._written.get(log, 0)
+            if log.last <= written:
+                continue
+            try:
+                events = log.events_after(written)
+            except LLMBrickError:
+                # The log dropped events before Redis took them (it was unreachable for
+                # long): what is left goes; a reader elsewhere gets a clear gap error.
+                _log.error(
+                    "stream %s lost events %d-%d before Redis could take them",
+                    log.id,
+                    written + 1,
+                    log.first - 1,
+                )
+                written = log.first - 1
+                events = log.events_after(written)
+            runs.append((log, written + 1, events))
+        return runs
 
     # -- lease and cancels --------------------------------------------------------------
 

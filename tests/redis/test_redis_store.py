@@ -154,6 +154,32 @@ async def test_redis_going_away_keeps_clients_served_and_resumes_report_unavaila
         assert texts(after) == ["t2", "t3", "t4", "t5", "done"]
 
 
+async def test_what_a_stream_made_while_redis_was_down_is_written_when_it_returns(
+    redis: RedisServer,
+) -> None:
+    """The writer takes events from the stream's log: what the log still holds goes to Redis
+    once it is back; what the log dropped meanwhile is a clear gap for readers elsewhere."""
+    gate = Gate(count=40, hold=0)
+    async with (
+        instance(redis.url, gate, max_events=16) as a,
+        instance(redis.url, Gate()) as b,
+    ):
+        await redis.stop()
+        stream = a.start("continue", HELLO)
+        made = [event async for event in stream]  # A's own client misses nothing
+        assert texts(made)[-1] == "done" and len(made) == 41
+        await redis.start()
+        await flushed(a)
+        log = a.store.get(stream.id)  # type: ignore[union-attr]
+        assert log is not None and log.first > 1, "the log dropped its oldest events"
+        with pytest.raises(LLMBrickError) as gap:
+            async for _ in await b.resume(stream.id, 0, context=RequestContext()):
+                pass
+        assert gap.value.code is ErrorCode.FAILED_PRECONDITION
+        kept = [e async for e in await b.resume(stream.id, log.first - 1, context=RequestContext())]
+        assert kept == made[log.first - 1 :]
+
+
 async def test_an_unreachable_redis_at_start_is_one_clear_error() -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/0")
     with pytest.raises(Unavailable, match="cannot reach the Redis stream store"):
