@@ -180,6 +180,16 @@ async def test_what_a_stream_made_while_redis_was_down_is_written_when_it_return
         assert kept == made[log.first - 1 :]
 
 
+async def test_the_write_interval_rides_in_the_url_and_must_stay_under_the_lease() -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:1/0?flush_interval=0.002&lease=3")
+    assert store.flush_interval == 0.002 and store.lease == 3
+    await store.client.aclose()
+    with pytest.raises(ValueError, match="flush_interval must be at least 0"):
+        RedisStore.from_url("redis://127.0.0.1:1/0?flush_interval=2&lease=3")
+    with pytest.raises(ValueError, match="flush_interval must be a number"):
+        RedisStore.from_url("redis://127.0.0.1:1/0?flush_interval=soon")
+
+
 async def test_an_unreachable_redis_at_start_is_one_clear_error() -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/0")
     with pytest.raises(Unavailable, match="cannot reach the Redis stream store"):
