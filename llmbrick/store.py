@@ -195,13 +195,15 @@ class StreamLog:
         """Add the next event (``size`` bytes); the terminal one finishes the log."""
         if self.finished:
             return
-        self._total += size
-        self._events.append(event)
-        self._ends.append(self._total)
-        if event["type"] == "done" or event["type"] == "error":
+        total = self._total = self._total + size
+        events = self._events
+        events.append(event)
+        self._ends.append(total)
+        kind = event["type"]
+        if kind == "done" or kind == "error":
             self.finished = True
             self.finished_at = time.monotonic()
-        elif len(self._events) > self.max_events or self._total - self._base > self.max_bytes:
+        elif len(events) > self.max_events or total - self._base > self.max_bytes:
             self._trim()
         waiters = self._waiters
         if waiters:

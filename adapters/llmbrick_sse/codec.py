@@ -144,13 +144,19 @@ class _Frames:
 class _KeptFrames:
     """The SSE writer of a kept stream: ``id:`` lines carry the stream id too."""
 
-    __slots__ = ("_stream_id",)
+    __slots__ = ("_prefix",)
 
     def __init__(self, stream_id: str) -> None:
-        self._stream_id = stream_id
+        self._prefix = b"id: %s:" % stream_id.encode()  # encoded once, not per event
 
     def encode(self, event: Event) -> bytes:
-        return encode_event(event, self._stream_id)
+        name = b"error" if event["type"] == "error" else b"message"
+        return b"%s%s\nevent: %s\ndata: %s\n\n" % (
+            self._prefix,
+            event["id"].encode(),
+            name,
+            orjson.dumps(event),
+        )
 
     def close(self) -> bytes:
         return b""
