@@ -232,16 +232,25 @@ async def consuming(stream: Any, got: asyncio.Event) -> list[Event]:
     return seen
 
 
+async def gone_after_the_first_event(
+    runtime: FlowRuntime, flow: str
+) -> tuple[Any, bool, asyncio.Task[list[Event]]]:
+    """A client's task reads a stream's first event, then its client goes away: the stream,
+    what ``disconnect`` answered (True: cancelled now), and the task."""
+    stream = runtime.start(flow, HELLO)
+    got = asyncio.Event()
+    client = asyncio.create_task(consuming(stream, got))
+    await got.wait()  # the client's task now waits inside the flow (or between two slices)
+    return stream, stream.disconnect(client), client
+
+
 async def test_a_client_leaving_while_its_task_waits_in_the_flow_does_not_cancel_a_kept_flow() -> (
     None
 ):
     release, log = asyncio.Event(), []
     runtime = FlowRuntime(flows(release, log), store=MemoryStore())
-    stream = runtime.start("continue", HELLO)
-    got = asyncio.Event()
-    client = asyncio.create_task(consuming(stream, got))
-    await got.wait()  # the client's task now waits inside the flow, for `release`
-    assert stream.disconnect(client) is False, "left to end at the next event"
+    stream, cancelled_now, client = await gone_after_the_first_event(runtime, "continue")
+    assert not cancelled_now, "left to end at the next event"
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await client
@@ -257,11 +266,8 @@ async def test_a_client_leaving_while_its_task_waits_in_the_flow_does_not_cancel
 async def test_the_grace_period_starts_when_the_client_leaves_not_at_the_next_event() -> None:
     release, log = asyncio.Event(), []
     runtime = FlowRuntime(flows(release, log), store=MemoryStore())
-    stream = runtime.start("grace", HELLO)
-    got = asyncio.Event()
-    client = asyncio.create_task(consuming(stream, got))
-    await got.wait()
-    assert stream.disconnect(client) is False
+    stream, cancelled_now, client = await gone_after_the_first_event(runtime, "grace")
+    assert not cancelled_now
     # The flow never makes another event; the grace period still ends it.
     with pytest.raises(asyncio.CancelledError):
         await client
@@ -282,11 +288,9 @@ async def test_a_client_leaving_between_two_slices_of_a_flow_that_never_waits() 
 
     registry.register("busy", busy, on_disconnect="continue")
     runtime = FlowRuntime(registry, store=MemoryStore())
-    stream = runtime.start("busy", HELLO)
-    got = asyncio.Event()
-    client = asyncio.create_task(consuming(stream, got))
-    await got.wait()  # the client's task is where the runtime lets the loop turn
-    assert stream.disconnect(client) is False
+    # The client's task is where the runtime lets the loop turn.
+    stream, cancelled_now, client = await gone_after_the_first_event(runtime, "busy")
+    assert not cancelled_now
     with pytest.raises(asyncio.CancelledError):
         await client
     await stream.wait()
@@ -300,22 +304,13 @@ async def test_a_client_leaving_between_two_slices_of_a_flow_that_never_waits() 
 async def test_disconnect_cancels_at_once_when_the_flow_would_stop_anyway() -> None:
     release, log = asyncio.Event(), []
     runtime = FlowRuntime(flows(release, log), store=MemoryStore())
-    stream = runtime.start("cancel", HELLO)
-    got = asyncio.Event()
-    client = asyncio.create_task(consuming(stream, got))
-    await got.wait()
-    assert stream.disconnect(client) is True
-    with pytest.raises(asyncio.CancelledError):
-        await client
-    assert log == ["cancelled", "finally"]
-    plain = FlowRuntime(flows(release, log))  # no store: nothing to keep
-    stream = plain.start("continue", HELLO)
-    got.clear()
-    client = asyncio.create_task(consuming(stream, got))
-    await got.wait()
-    assert stream.disconnect(client) is True
-    with pytest.raises(asyncio.CancelledError):
-        await client
+    for flow, serving in (("cancel", runtime), ("continue", FlowRuntime(flows(release, log)))):
+        log.clear()
+        _, cancelled_now, client = await gone_after_the_first_event(serving, flow)
+        assert cancelled_now, flow  # the cancel policy, or no store: nothing to keep
+        with pytest.raises(asyncio.CancelledError):
+            await client
+        assert log == ["cancelled", "finally"], flow
 
 
 async def test_a_client_may_pick_a_policy_the_flow_allows() -> None:
