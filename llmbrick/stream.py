@@ -86,7 +86,6 @@ class FlowStream:
         "_runtime",
         "_started",
         "_stopping",
-        "_turning",
         "_waiting",
         "context",
         "grace",
@@ -117,10 +116,10 @@ class FlowStream:
         self._caller = caller
         self._released = False
         self._stopping: ErrorInfo | None = None
-        # The task blocked on the flow right now, if any: the one _stop() must interrupt.
+        # The task inside the flow right now (waiting in it, or letting the loop turn
+        # between two of its events), if any: the one _stop() must interrupt and
+        # disconnect() must not cancel.
         self._waiting: asyncio.Task[Any] | None = None
-        # The task yielding the loop between two events of a flow that never waits.
-        self._turning: asyncio.Task[Any] | None = None
         # The consumer's task that runs the flow although its client left (see disconnect).
         self._leaving: asyncio.Task[Any] | None = None
         self._ended: asyncio.Future[None] | None = None
@@ -210,11 +209,7 @@ class FlowStream:
             True if ``task`` was cancelled now; False if it ends at the flow's next event
             (do not wait for it, nor close the stream under it).
         """
-        if (
-            self._log is None
-            or self.policy == "cancel"
-            or (task is not self._waiting and task is not self._turning)
-        ):
+        if self._log is None or self.policy == "cancel" or task is not self._waiting:
             task.cancel()
             return True
         self._leaving = task
@@ -383,20 +378,16 @@ class FlowStream:
                     while True:
                         if self._stopping:
                             raise _Stopped
-                        turn -= 1
-                        if not turn:
-                            # Let the loop turn: other streams, health checks and the
-                            # disconnect watchers run even if this flow never awaits.
-                            turn = FAIR_SLICE
-                            self._turning = current_task()
-                            try:
-                                await asyncio.sleep(0)
-                            finally:
-                                self._turning = None
                         # Adapters may hand the stream to another task mid-way (to read
                         # ahead while a slow client drains), so look the task up each time.
                         self._waiting = current_task()
                         try:
+                            turn -= 1
+                            if not turn:
+                                # Let the loop turn: other streams, health checks and the
+                                # disconnect watchers run even if this flow never awaits.
+                                turn = FAIR_SLICE
+                                await asyncio.sleep(0)
                             if deadline is None:
                                 event = await next_event()
                             else:

@@ -68,16 +68,17 @@ def encode_event(event: Event, stream_id: str | None = None) -> bytes:
     With ``stream_id`` (a kept stream), the ``id:`` line is ``<stream id>:<event id>``,
     so that the ``Last-Event-ID`` a client sends back names the stream as well.
     """
-    if stream_id is not None:
-        name = b"error" if event["type"] == "error" else b"message"
-        return b"id: %s:%s\nevent: %s\ndata: %s\n\n" % (
-            stream_id.encode(),
-            event["id"].encode(),
-            name,
-            orjson.dumps(event),
-        )
+    return _frame(b"id: " if stream_id is None else _id_prefix(stream_id), event)
+
+
+def _id_prefix(stream_id: str) -> bytes:
+    return b"id: %s:" % stream_id.encode()
+
+
+def _frame(prefix: bytes, event: Event) -> bytes:
     name = b"error" if event["type"] == "error" else b"message"
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+    return b"%s%s\nevent: %s\ndata: %s\n\n" % (
+        prefix,
         event["id"].encode(),
         name,
         orjson.dumps(event),
@@ -135,7 +136,7 @@ class _Frames:
     __slots__ = ()
 
     def encode(self, event: Event) -> bytes:
-        return encode_event(event)
+        return _frame(b"id: ", event)
 
     def close(self) -> bytes:
         return b""
@@ -147,16 +148,10 @@ class _KeptFrames:
     __slots__ = ("_prefix",)
 
     def __init__(self, stream_id: str) -> None:
-        self._prefix = b"id: %s:" % stream_id.encode()  # encoded once, not per event
+        self._prefix = _id_prefix(stream_id)  # encoded once, not per event
 
     def encode(self, event: Event) -> bytes:
-        name = b"error" if event["type"] == "error" else b"message"
-        return b"%s%s\nevent: %s\ndata: %s\n\n" % (
-            self._prefix,
-            event["id"].encode(),
-            name,
-            orjson.dumps(event),
-        )
+        return _frame(self._prefix, event)
 
     def close(self) -> bytes:
         return b""

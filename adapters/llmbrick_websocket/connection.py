@@ -380,13 +380,12 @@ class _Connection:
         self._closing = True
         if not self._running:
             return
-        # A stream whose flow runs on after its client left ends its task by itself at
-        # the flow's next event; the connection does not wait for that.
-        stopping = [
-            task
-            for task, record in self._running.items()
-            if not record.started or record.stream.disconnect(task)
-        ]
+        stopping = []
+        for task, record in self._running.items():
+            # A stream whose flow runs on after its client left ends its task by itself
+            # at the flow's next event; the connection does not wait for that.
+            if not record.started or record.stream.disconnect(task):
+                stopping.append(task)
         if stopping:
             await asyncio.wait(stopping)
 
