@@ -229,8 +229,8 @@ class Pump(Generic[T]):
         """Stop the source (its ``finally`` blocks run) and close it.
 
         A source with a ``disconnect(task)`` method (a ``FlowStream``) decides how
-        the task reading it stops: a flow kept running after its client left ends
-        that task at its next event, and closes itself then.
+        the task reading it stops: a flow kept running after its client left runs
+        on in that task, which ends when the flow does and closes the source then.
         """
         task = self._task
         if not task.done():

@@ -59,7 +59,7 @@ class FlowStream:
     written to the stream's log, which other clients can read (a resume), and
     when the client goes away the flow's disconnect policy decides what
     happens next: ``cancel`` at once, ``grace`` after a while without readers,
-    or ``continue`` to the end, the flow then running on in a task of its own.
+    or ``continue`` to the end, the flow then running on without the client.
     Adapters tell the stream that their client left with :meth:`disconnect`
     rather than by cancelling the consumer's task, which would cancel the
     flow's own wait whatever its policy.
@@ -81,7 +81,6 @@ class FlowStream:
         "_grace_timer",
         "_leaving",
         "_log",
-        "_reader",
         "_released",
         "_runtime",
         "_started",
@@ -131,12 +130,10 @@ class FlowStream:
         store = runtime.store
         if store is None:
             self._log: StreamLog | None = None
-            self._reader: AsyncIterator[Event] = self._events
         else:
             principal = context.principal.id if context.principal is not None else None
             record = StreamRecord(self.id, spec.name, principal, policy, tag=context.tag)
-            self._log = log = store.add(record)
-            self._reader = self._direct(log, store)
+            self._log = store.add(record)
 
     @property
     def log(self) -> StreamLog | None:
@@ -160,10 +157,10 @@ class FlowStream:
 
     def __aiter__(self) -> AsyncIterator[Event]:
         # The generator itself, so `async for` resumes it with no Python call per event.
-        return self._reader
+        return self._events
 
     def __anext__(self) -> Any:
-        return self._reader.__anext__()
+        return self._events.__anext__()
 
     async def collect(self) -> InvokeResult:
         """Run the stream to its end and return everything at once."""
@@ -184,14 +181,17 @@ class FlowStream:
                 self._release()
             return
         if not self._attached or self._leaving is not None:
-            # Left already, or the consumer's task still runs the flow and leaves at
-            # the next event (closing the reader under it would fail).
+            # Left already, or the consumer's task still runs the flow, to its end
+            # (closing the generator under it would fail).
             self._attached = False
             return
         self._attached = False
-        await self._reader.aclose()  # type: ignore[attr-defined]
-        if not self._started and not log.finished:
-            # Closed before it was read: the reader never ran the flow nor handed it on.
+        if self._started and (log.finished or (self.policy == "cancel" and not log.readers)):
+            # Past its terminal event (the flow's end runs now), or nobody to keep it for.
+            await self._events.aclose()
+        else:
+            # Kept for a reader to come back (or one that already did), or closed before
+            # it was read: the flow goes on in a task of its own.
             self._hand_off(log)
         await self._unattended()
 
@@ -201,12 +201,12 @@ class FlowStream:
 
         A cancel reaching the task while it runs the flow would cancel the flow's own
         wait (a model's reply, say). So when a kept stream's policy keeps the flow, and
-        the task is inside the flow, the task is left to run it until the next event;
-        that event is kept, the flow goes on in a task of its own, and the consumer's
-        task ends with ``CancelledError`` there, as the cancel would have ended it.
+        the task is inside the flow, the task is left to run it: it keeps every event
+        without handing it to the consumer, and once the flow has ended it ends with
+        ``CancelledError``, as the cancel would have ended it.
 
         Returns:
-            True if ``task`` was cancelled now; False if it ends at the flow's next event
+            True if ``task`` was cancelled now; False if it ends when the flow does
             (do not wait for it, nor close the stream under it).
         """
         if self._log is None or self.policy == "cancel" or task is not self._waiting:
@@ -219,10 +219,8 @@ class FlowStream:
 
     def _hand_off(self, log: StreamLog) -> None:
         """Run the rest of the flow in a task of its own, into the log."""
-        store = self._runtime.store
-        assert store is not None
         if self._driver is None:
-            self._driver = asyncio.get_running_loop().create_task(self._drive(log, store))
+            self._driver = asyncio.get_running_loop().create_task(self._drive(log))
 
     def cancel(self, message: str = "the stream was cancelled by the client") -> None:
         """End the stream now with a ``CANCELLED`` terminal event; what it produced is kept."""
@@ -266,48 +264,14 @@ class FlowStream:
             self._grace_timer.cancel()
             self._grace_timer = None
 
-    async def _direct(self, log: StreamLog, store: StreamStore) -> AsyncGenerator[Event]:
-        """Run the flow in the consumer's task, writing the log as the consumer reads."""
-        self._started = True
+    async def _drive(self, log: StreamLog) -> None:
+        """Run the rest of the flow once its first client left: the flow keeps its events
+        in the log, which readers (resumes) follow."""
         events = self._events
-        appended = _appended(store)
-        try:
-            async for event in events:
-                log.append(event, event_size(event))
-                if appended is not None:
-                    appended(log, event)
-                if self._leaving is not None:
-                    # The client left while the flow made this event (see disconnect).
-                    raise asyncio.CancelledError
-                yield event
-        finally:
-            if log.finished:
-                await events.aclose()  # past the terminal event: the flow's end runs now
-            elif self.policy == "cancel" and not log.readers:
-                await events.aclose()
-                _end_log(log, appended, "the client went away")
-            else:
-                # Kept for a reader to come back (or one that already did): the flow goes
-                # on in a task of its own.
-                self._hand_off(log)
-
-    async def _drive(self, log: StreamLog, store: StreamStore) -> None:
-        """Run the rest of the flow into its log once its first client left: readers
-        (resumes) follow the log."""
-        events = self._events
-        appended = _appended(store)
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    log.append(event, event_size(event))
-                    if appended is not None:
-                        appended(log, event)
-                    if log.readers and log.behind() > log.window:
-                        await log.room()
-        finally:
-            if not log.finished:
-                # Closed from outside (the loop shutting down): readers still get an end.
-                _end_log(log, appended, "the run was stopped")
+        async with aclosing(events):
+            async for _ in events:
+                if log.readers and log.behind() > log.window:
+                    await log.room()
 
     def _release(self) -> None:
         if not self._released:
@@ -334,11 +298,17 @@ class FlowStream:
             self._log.wake()  # a flow waiting for a slow reader checks the stop too
 
     async def _iterate(self) -> AsyncGenerator[Event]:
+        """Run the flow: stamp its events, keep them in the log (a kept stream) and yield
+        them, then the terminal event; once a kept stream's client left in the middle of
+        the flow (see :meth:`disconnect`), keep them without yielding."""
+        self._started = True
         runtime = self._runtime
         spec = self.spec
         context = self.context
         observers = runtime._observers
         per_event = observers.per_event
+        keep = self._log
+        appended = _appended(runtime.store) if runtime.store is not None else None
         log = runtime.logger
         started = time.monotonic()
         first: float | None = None
@@ -371,6 +341,8 @@ class FlowStream:
         if observers.all:
             observers.call(observers.all, "stream_started", self)
         try:
+            final: Event | None = None
+            error: ErrorInfo | None = None
             try:
                 flow = spec.handler(self.request)
                 async with aclosing(flow):  # type: ignore[type-var]
@@ -410,19 +382,25 @@ class FlowStream:
                                 observers.call(observers.all, "first_event", self, first)
                         kind = event["type"]
                         if kind == "done" or kind == "error":
-                            outcome = "ok" if kind == "done" else event["error"]["code"]
-                            stamped: Event = {
+                            final = {
                                 **event,
                                 "id": str(seq),
                                 "progress": "DONE" if kind == "done" else "ERROR",
                             }
-                            if per_event:
-                                observers.call(per_event, "event", self, stamped)
-                            yield stamped
-                            return
-                        stamped = {**event, "id": str(seq), "progress": "IN_PROGRESS"}
+                            break
+                        stamped: Event = {**event, "id": str(seq), "progress": "IN_PROGRESS"}
                         if per_event:
                             observers.call(per_event, "event", self, stamped)
+                        if keep is not None:
+                            keep.append(stamped, event_size(stamped))
+                            if appended is not None:
+                                appended(keep, stamped)
+                            if self._leaving is not None:
+                                # Its client left while the flow made this event: the
+                                # flow goes on in this task, for readers to come back.
+                                if keep.readers and keep.behind() > keep.window:
+                                    await keep.room()
+                                continue
                         yield stamped
             except _Stopped:
                 error = self._stopping or Unavailable("the server is shutting down").to_info()
@@ -441,21 +419,28 @@ class FlowStream:
                     else f"internal error in flow {spec.name!r} (stream {self.id}); see server log"
                 )
                 error = {"code": ErrorCode.INTERNAL.value, "message": message}
-            else:
-                outcome = "ok"
+            if error is not None:
                 seq += 1
-                done: Event = {"type": "done", "id": str(seq), "progress": "DONE"}
-                if per_event:
-                    observers.call(per_event, "event", self, done)
-                yield done
-                return
-            outcome = error["code"]
-            seq += 1
-            failed: Event = {"type": "error", "error": error, "id": str(seq), "progress": "ERROR"}
+                final = {"type": "error", "error": error, "id": str(seq), "progress": "ERROR"}
+            elif final is None:
+                seq += 1
+                final = {"type": "done", "id": str(seq), "progress": "DONE"}
+            outcome = "ok" if final["type"] == "done" else final["error"]["code"]
             if per_event:
-                observers.call(per_event, "event", self, failed)
-            yield failed
+                observers.call(per_event, "event", self, final)
+            if keep is not None:
+                keep.append(final, event_size(final))
+                if appended is not None:
+                    appended(keep, final)
+                if self._leaving is not None:
+                    # Its consumer's task ends as the cancel it was spared would have ended it.
+                    raise asyncio.CancelledError
+            yield final
         finally:
+            if keep is not None and not keep.finished:
+                # Closed before its terminal event: readers still get an end.
+                why = "the client went away" if self._driver is None else "the run was stopped"
+                _end_log(keep, appended, why)
             self._release()
             unbind()
             duration = time.monotonic() - started

@@ -383,7 +383,7 @@ class _Connection:
         stopping = []
         for task, record in self._running.items():
             # A stream whose flow runs on after its client left ends its task by itself
-            # at the flow's next event; the connection does not wait for that.
+            # when the flow ends; the connection does not wait for that.
             if not record.started or record.stream.disconnect(task):
                 stopping.append(task)
         if stopping:
