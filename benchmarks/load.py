@@ -52,7 +52,7 @@ from benchmarks.common import (
 )
 from benchmarks.scenarios import Scenario
 
-__all__ = ["main", "run_job"]
+__all__ = ["Opener", "main", "run_job"]
 
 _clock = time.perf_counter
 _WARMUP_STREAMS = 4
@@ -90,7 +90,7 @@ class _Sides:
         return found
 
 
-class _Opener:
+class Opener:
     """Starts streams of one transport against one server."""
 
     def __init__(self, job: dict[str, Any], scenario: Scenario) -> None:
@@ -197,13 +197,13 @@ def _errors(streams: list[Stream]) -> dict[str, int]:
     return dict(reasons.most_common(3))
 
 
-async def _warm_up(opener: _Opener, events: int) -> None:
+async def _warm_up(opener: Opener, events: int) -> None:
     counter = Counter()
     streams = [Stream(counter) for _ in range(_WARMUP_STREAMS)]
     await _run_all(streams, lambda s: opener.open(s, events, FAST), 60.0, 0)
 
 
-async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+async def _fast(opener: Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     await _warm_up(opener, min(scenario.events, 500))
     counter = Counter()
     streams = [Stream(counter) for _ in range(scenario.streams)]
@@ -240,7 +240,7 @@ async def _fast(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     }
 
 
-async def _idle(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+async def _idle(opener: Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     await _warm_up(opener, 100)
     before = rss_kb(pid)
     counter = Counter()
@@ -266,7 +266,7 @@ async def _idle(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
     }
 
 
-async def _paced(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+async def _paced(opener: Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     await _warm_up(opener, 200)
     counter = Counter()
     running = [Stream(counter, interval=scenario.interval) for _ in range(scenario.streams)]
@@ -339,7 +339,7 @@ def _step_verdict(step: dict[str, Any]) -> str:
     return ", ".join(reasons)
 
 
-async def _capacity(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+async def _capacity(opener: Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     """Step the paced background streams up until a step fails, the client saturates or time ends.
 
     Each step: open the missing background streams (``connect_limit`` at once), wait
@@ -450,7 +450,7 @@ async def _capacity(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, 
     }
 
 
-async def _greedy(opener: _Opener, scenario: Scenario, http_port: int) -> dict[str, Any]:
+async def _greedy(opener: Opener, scenario: Scenario, http_port: int) -> dict[str, Any]:
     """A greedy stream read by a fast client while ``GET /healthz`` is polled; see scenarios."""
     period, bound = scenario.poll_s, scenario.read_s + scenario.recover_s + 5.0
     baseline = []
@@ -520,7 +520,7 @@ async def _greedy(opener: _Opener, scenario: Scenario, http_port: int) -> dict[s
     }
 
 
-async def _slow(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
+async def _slow(opener: Opener, scenario: Scenario, pid: int) -> dict[str, Any]:
     """Clients that ask for 64 KiB events and never read; the server's RSS around them."""
     await _warm_up(opener, 100)
     await asyncio.sleep(0.5)
@@ -587,7 +587,7 @@ async def _slow(opener: _Opener, scenario: Scenario, pid: int) -> dict[str, Any]
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one scenario against one listening server and return its figures."""
     scenario = Scenario.from_json(job["scenario"])
-    opener = _Opener(job, scenario)
+    opener = Opener(job, scenario)
     pid = job["pid"]
     result: dict[str, Any]
     if scenario.kind == "greedy":

@@ -47,7 +47,7 @@ from benchmarks.report import render, targets
 from benchmarks.scenarios import SERVERS, Scenario, Server, scenarios
 from benchmarks.upstream import ensure_upstream, upstream_python
 
-__all__ = ["main"]
+__all__ = ["main", "read_ready"]
 
 RESULTS = ROOT / "benchmarks" / "results"
 _RAW = RESULTS / "raw"
@@ -85,7 +85,8 @@ def _placement(workers: int) -> _Placement:
     return _Placement(workers, server, single, rest or frozenset(range(count)), not rest)
 
 
-def _read_ready(process: subprocess.Popen[bytes], deadline: float) -> int:
+def read_ready(process: subprocess.Popen[bytes], deadline: float) -> int:
+    """The port a server process prints on its ``READY <port>`` line (by ``deadline``)."""
     assert process.stdout is not None
     buffer = b""
     while time.monotonic() < deadline:
@@ -177,7 +178,7 @@ def _start(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, preexec_fn=pin
         )
         try:
-            port = _read_ready(process, time.monotonic() + _START_TIMEOUT)
+            port = read_ready(process, time.monotonic() + _START_TIMEOUT)
         except BaseException:
             process.kill()
             process.wait()

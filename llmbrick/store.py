@@ -15,6 +15,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -220,12 +221,14 @@ class StreamLog:
         count = len(self._events)
         max_events = self.max_events - self.max_events // 16
         max_bytes = self.max_bytes - self.max_bytes // 16
-        drop = 0
-        kept = self._total - self._base
-        while count - drop > 1 and (count - drop > max_events or kept > max_bytes):
-            drop += 1
-            kept = self._total - ends[drop - 1]
-        if drop:
+        # The fewest oldest events to drop: the count bound directly, the byte bound by
+        # bisecting the running totals (kept bytes after dropping d: total - ends[d - 1]).
+        drop = count - max_events
+        over = self._total - max_bytes
+        if over > self._base:
+            drop = max(drop, bisect_left(ends, over) + 1)
+        drop = min(drop, count - 1)
+        if drop > 0:
             self._base = ends[drop - 1]
             del self._events[:drop]
             del ends[:drop]
