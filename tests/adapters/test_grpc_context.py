@@ -158,35 +158,37 @@ async def test_resume_and_cancel_calls_and_streams_crossing_transports() -> None
         assert cancel_missing.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_grpc_client_gone_while_a_kept_flow_waits_leaves_the_flow_running() -> None:
+@pytest.mark.parametrize("method", ["Stream", "Invoke"])
+async def test_a_grpc_client_gone_while_a_kept_flow_waits_leaves_the_flow_running(
+    method: str,
+) -> None:
     """Stream and Invoke: gRPC cancels the handler, the flow (``continue``) runs to its end."""
-    for method in ("Stream", "Invoke"):
-        gate = Gate()
-        runtime = kept_runtime(gate)
-        async with (
-            running(GrpcServer(runtime)) as address,
-            grpc.aio.insecure_channel(address) as channel,
-        ):
-            stub = flow_pb2_grpc.FlowServiceStub(channel)
-            call = getattr(stub, method)(encode_request({**HELLO, "flow": "continue"}))
-            # A unary call's metadata arrives with its response: find the stream here.
-            await until(lambda: runtime.active_streams == 1, "the stream started")
-            (stream,) = runtime._streams.values()
-            kept = stream.id
-            assert stream.log is not None
-            log = stream.log
-            await until(lambda: log.last >= 2, "two events made")  # the flow waits at the gate
-            call.cancel()
-            # The client's task was inside the flow: left to end at the next event.
-            await until(lambda: stream._leaving is not None, "the server saw the cancel")
-            gate.release.set()
-            await asyncio.wait_for(gate.done.wait(), TIMEOUT)
-            assert gate.ended == ["done"], method
-            replay: list[Event] = []
-            async for response in stub.Resume(flow_pb2.ResumeRequest(stream_id=kept)):
-                replay += [decode_event(message) for message in response.events]
-        texts = [e.get("text", e["type"]) for e in replay]
-        assert texts == ["t1", "t2", "t3", "t4", "t5", "t6", "done"], method
+    gate = Gate()
+    runtime = kept_runtime(gate)
+    async with (
+        running(GrpcServer(runtime)) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = flow_pb2_grpc.FlowServiceStub(channel)
+        call = getattr(stub, method)(encode_request({**HELLO, "flow": "continue"}))
+        # A unary call's metadata arrives with its response: find the stream here.
+        await until(lambda: runtime.active_streams == 1, "the stream started")
+        (stream,) = runtime._streams.values()
+        kept = stream.id
+        assert stream.log is not None
+        log = stream.log
+        await until(lambda: log.last >= 2, "two events made")  # the flow waits at the gate
+        call.cancel()
+        # The client's task was inside the flow: it is left to run the flow on.
+        await until(lambda: stream._leaving is not None, "the server saw the cancel")
+        gate.release.set()
+        await asyncio.wait_for(gate.done.wait(), TIMEOUT)
+        assert gate.ended == ["done"]
+        replay: list[Event] = []
+        async for response in stub.Resume(flow_pb2.ResumeRequest(stream_id=kept)):
+            replay += [decode_event(message) for message in response.events]
+    texts = [e.get("text", e["type"]) for e in replay]
+    assert texts == ["t1", "t2", "t3", "t4", "t5", "t6", "done"]
 
 
 async def test_twenty_streams_of_64_kib_events_stay_within_the_byte_bound() -> None:
