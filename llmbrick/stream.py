@@ -214,7 +214,7 @@ class FlowStream:
             return True
         self._leaving = task
         self._attached = False
-        self._unattended_now()  # the grace period starts now, not at the next event
+        self._unattended_now()  # the grace period starts now, not when the flow ends
         return False
 
     def _hand_off(self, log: StreamLog) -> None:

@@ -30,7 +30,7 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from llmbrick import Event, LLMBrickError, Unavailable
+from llmbrick import TERMINAL_TYPES, Event, LLMBrickError, Unavailable
 from llmbrick.context import new_id
 from llmbrick.store import MemoryStore, StreamLog, StreamRecord
 
@@ -38,7 +38,6 @@ __all__ = ["RedisStore"]
 
 _log = logging.getLogger("llmbrick.redis")
 
-_TERMINAL = ("done", "error")
 
 # Adds a batch of events. KEYS: one event key per run (events of one stream with
 # consecutive numbers); ARGV: the trim length and the milliseconds a finished stream is
@@ -309,7 +308,7 @@ class RedisStore(MemoryStore):
                 keys = [self._key(log.id) for log, _, _ in runs]
                 args: list[Any] = [self.max_events, keep]
                 for _, first, events in runs:
-                    terminal = events[-1]["type"] in _TERMINAL
+                    terminal = events[-1]["type"] in TERMINAL_TYPES
                     args += [first, "1" if terminal else "0", b"\n".join(map(orjson.dumps, events))]
                 # EVAL, not a registered script: in a pipeline redis-py asks Redis whether
                 # a registered one is loaded first, one more round trip per batch.
@@ -317,7 +316,7 @@ class RedisStore(MemoryStore):
             await pipe.execute()
         for log, first, events in runs:
             last = first + len(events) - 1
-            if events[-1]["type"] in _TERMINAL:
+            if events[-1]["type"] in TERMINAL_TYPES:
                 self._written.pop(log, None)
                 self._running.pop(log.id, None)
             else:

@@ -88,7 +88,7 @@ async def test_an_instance_follows_live_what_another_runs_and_cancels_it(
         gate_a.release.clear()
         gate_a.done.clear()
         stream_id, _ = await first_events(a, 1)
-        await flushed(a)  # A writes in batches, each loop turn: let this one reach Redis
+        await flushed(a)  # A writes in batches: let this one reach Redis
         reader = await b.resume(stream_id, 1, context=RequestContext())
         await b.cancel(stream_id, context=RequestContext())
         await asyncio.wait_for(gate_a.done.wait(), TIMEOUT)

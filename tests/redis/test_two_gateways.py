@@ -59,7 +59,7 @@ async def start(client: httpx.AsyncClient, served: Served, request: dict[str, An
 
 
 async def visible(client: httpx.AsyncClient, served: Served, stream_id: str) -> None:
-    """Wait until ``served`` finds the stream (its owner writes to Redis each loop turn)."""
+    """Wait until ``served`` finds the stream (its owner writes to Redis every flush_interval)."""
     async with asyncio.timeout(TIMEOUT):
         while True:
             # Only the status: the stream itself would follow the run to its end.
