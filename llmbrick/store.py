@@ -42,6 +42,9 @@ _log = logging.getLogger("llmbrick.store")
 #: What happens to a flow when its last client goes away.
 POLICIES = ("cancel", "grace", "continue")
 
+# Events a producer appends directly to a log between two counts (see StreamLog.events).
+_BATCH = 32
+
 
 @dataclass(slots=True)
 class StreamRecord:
@@ -135,6 +138,7 @@ class StreamLog:
         "_room",
         "_total",
         "_waiters",
+        "due",
         "finished",
         "finished_at",
         "max_bytes",
@@ -148,11 +152,14 @@ class StreamLog:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.window = window
+        # The same list for the log's life (cleared and refilled, never replaced): the
+        # runtime appends to it directly (see `events`).
         self._events: list[Event] = []
         # A finished log nobody reads is kept as one JSON document instead (see pack).
         self._packed: tuple[bytes, int] | None = None
         # Running byte totals: _ends[i] counts every event up to and including _events[i];
-        # _base counts the events already dropped. An array: no object per event.
+        # _base counts the events already dropped. An array: no object per event. Events
+        # past the end of _ends were appended directly and are not counted yet (settle).
         self._ends = array("q")
         self._total = 0
         self._base = 0
@@ -164,6 +171,19 @@ class StreamLog:
         self._room: asyncio.Future[None] | None = None
         self.finished = False
         self.finished_at: float | None = None
+        self.due = _BATCH
+
+    @property
+    def events(self) -> list[Event]:
+        """The kept events, oldest first: a fast producer's way in.
+
+        A producer may append in-progress events to this list itself, with no Python
+        call per event, as long as it calls :meth:`settle` whenever the list's length
+        reaches :attr:`due` (every few dozen events, or at once while a reader waits
+        for the next one). Until then the new events are readable but not yet counted
+        against the log's bounds. The terminal event goes through :meth:`append`.
+        """
+        return self._events
 
     @property
     def id(self) -> str:
@@ -185,6 +205,7 @@ class StreamLog:
     @property
     def bytes(self) -> int:
         """Bytes kept (estimated)."""
+        self.settle()
         return self._total - self._base
 
     @property
@@ -192,12 +213,15 @@ class StreamLog:
         """Readers following the log now."""
         return len(self._readers)
 
-    def append(self, event: Event, size: int) -> None:
-        """Add the next event (``size`` bytes); the terminal one finishes the log."""
+    def append(self, event: Event, size: int | None = None) -> None:
+        """Add the next event (``size`` bytes, estimated if not given); the terminal one
+        finishes the log."""
         if self.finished:
             return
-        total = self._total = self._total + size
         events = self._events
+        if len(self._ends) < len(events):
+            self.settle()
+        total = self._total = self._total + (event_size(event) if size is None else size)
         events.append(event)
         self._ends.append(total)
         kind = event["type"]
@@ -206,6 +230,29 @@ class StreamLog:
             self.finished_at = time.monotonic()
         elif len(events) > self.max_events or total - self._base > self.max_bytes:
             self._trim()
+        self._woken()
+
+    def settle(self) -> None:
+        """Count the events appended directly to :attr:`events` against the bounds (the
+        oldest go if the log is over them) and wake the readers waiting for them."""
+        events = self._events
+        ends = self._ends
+        if len(ends) < len(events):
+            total = self._total
+            for event in events[len(ends) :]:
+                text = event.get("text")
+                if type(text) is str and len(event) == 4:
+                    total += 70 + len(text)  # event_size's estimate, without the call
+                else:
+                    total += event_size(event)
+                ends.append(total)
+            self._total = total
+            if len(events) > self.max_events or total - self._base > self.max_bytes:
+                self._trim()
+        self._woken()
+
+    def _woken(self) -> None:
+        self.due = len(self._events) + _BATCH
         waiters = self._waiters
         if waiters:
             self._waiters = []
@@ -250,13 +297,13 @@ class StreamLog:
             self._packed = (to_json(self._events), len(self._events))
         except PydanticSerializationError:
             return False  # something only Python can hold: it stays as it is
-        self._events = []
+        self._events.clear()
         return True
 
     def _unpack(self) -> list[Event]:
         packed = self._packed
         if packed is not None:
-            self._events = from_json(packed[0])
+            self._events.extend(from_json(packed[0]))
             self._packed = None
         return self._events
 
@@ -265,6 +312,8 @@ class StreamLog:
         readers = self._readers
         if not readers or not self._events:
             return 0
+        if len(self._ends) < len(self._events):
+            self.settle()
         if len(readers) == 1:
             index = readers[0].next - self._first
         else:
@@ -315,6 +364,7 @@ class StreamLog:
     def _wait(self) -> asyncio.Future[None]:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.due = 0  # the producer settles at its next event, which wakes this reader
         return waiter
 
 

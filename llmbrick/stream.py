@@ -16,7 +16,7 @@ from .context import RequestContext, _bind, new_id
 from .errors import DeadlineExceeded, ErrorCode, LLMBrickError, Unavailable
 from .events import ErrorInfo, Event, event_problem
 from .observe import StreamResult
-from .store import StreamLog, StreamRecord, StreamStore, event_size
+from .store import StreamLog, StreamRecord, StreamStore
 
 if TYPE_CHECKING:
     from .registry import FlowSpec
@@ -308,6 +308,7 @@ class FlowStream:
         observers = runtime._observers
         per_event = observers.per_event
         keep = self._log
+        kept = keep.events if keep is not None else []
         appended = _appended(runtime.store) if runtime.store is not None else None
         log = runtime.logger
         started = time.monotonic()
@@ -392,7 +393,11 @@ class FlowStream:
                         if per_event:
                             observers.call(per_event, "event", self, stamped)
                         if keep is not None:
-                            keep.append(stamped, event_size(stamped))
+                            # Straight onto the log's list, counted every few dozen
+                            # events: keeping a stream costs little more than not.
+                            kept.append(stamped)
+                            if len(kept) >= keep.due:
+                                keep.settle()
                             if appended is not None:
                                 appended(keep, stamped)
                             if self._leaving is not None:
@@ -429,7 +434,7 @@ class FlowStream:
             if per_event:
                 observers.call(per_event, "event", self, final)
             if keep is not None:
-                keep.append(final, event_size(final))
+                keep.append(final)
                 if appended is not None:
                     appended(keep, final)
                 if self._leaving is not None:
@@ -488,7 +493,7 @@ def _end_log(
         "id": str(log.last + 1),
         "progress": "ERROR",
     }
-    log.append(ended, event_size(ended))
+    log.append(ended)
     if appended is not None:
         appended(log, ended)
 

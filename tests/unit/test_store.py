@@ -87,6 +87,45 @@ async def test_a_log_drops_the_oldest_beyond_its_bounds_and_says_so() -> None:
     assert by_bytes.first == 3 and by_bytes.bytes == 20
 
 
+async def test_events_appended_directly_count_once_settled() -> None:
+    log = new_log(max_events=40)
+    for n in range(1, 31):
+        log.events.append(text(n))
+    # Readable at once, counted (and bounded) only once the producer settles.
+    assert log.last == 30 and log.events_after(28)[0]["id"] == "29"
+    assert len(log.events) < log.due
+    log.events.append(text(31))
+    log.events.append(text(32))
+    assert len(log.events) >= log.due  # the producer must settle now
+    log.settle()
+    assert log.bytes == sum(70 + len(f"t{n}") for n in range(1, 33))
+    for n in range(33, 45):
+        log.events.append(text(n))
+    log.settle()  # over 40: down to 38 (40 less its sixteenth, rounded down)
+    assert (log.first, log.last) == (7, 44)
+    assert log.bytes == sum(70 + len(f"t{n}") for n in range(7, 45))
+    # append() counts what came directly before its own event.
+    log.events.append(text(45))
+    log.append(done(46), 10)
+    assert log.finished and log.bytes == sum(70 + len(f"t{n}") for n in range(7, 46)) + 10
+
+
+async def test_a_waiting_reader_makes_the_next_direct_append_settle() -> None:
+    log = new_log()
+    log.events.append(text(1))
+    log.settle()
+    reader = log.follow(1)
+    waiting = asyncio.create_task(reader.__anext__())
+    await attached(log)
+    assert log.due == 0  # its wait asks the producer to settle at the next event
+    log.events.append(text(2))
+    assert len(log.events) >= log.due
+    log.settle()
+    assert (await waiting)["id"] == "2"
+    assert log.due == len(log.events) + 32  # nobody waits: the producer settles in batches
+    await reader.aclose()  # type: ignore[attr-defined]
+
+
 async def test_a_reader_far_behind_holds_the_producer_back() -> None:
     log = new_log(window=30)
     reader = log.follow(0)
@@ -186,6 +225,39 @@ async def test_cancel_policy_keeps_the_flow_for_a_reader_who_resumed_meanwhile()
         "events"
     ]
     assert events[-1]["error"]["code"] == "CANCELLED"
+
+
+async def test_a_resumed_reader_gets_each_event_of_a_running_flow_as_it_is_made() -> None:
+    # The runtime counts kept events in batches; a reader waiting for the next one must
+    # still get it at once, not a batch later.
+    gate: asyncio.Queue[None] = asyncio.Queue()
+    registry = FlowRegistry()
+
+    async def gated(request: ChatRequest) -> AsyncIterator[Event]:
+        for n in range(1, 6):
+            await gate.get()
+            yield {"type": "text", "text": f"t{n}"}
+
+    registry.register("gated", gated)
+    runtime = FlowRuntime(registry, store=MemoryStore())
+    stream = runtime.start("gated", HELLO)
+    first_reader = asyncio.create_task(stream.collect())
+    resumed = await runtime.resume(stream.id, 0, context=RequestContext())
+    log = stream.log
+    assert log is not None
+    async with aclosing(resumed):
+        for n in range(1, 6):
+            reading = asyncio.ensure_future(anext(aiter(resumed)))
+            for _ in range(100):  # until the reader waits for the next event
+                if log.due == 0:
+                    break
+                await asyncio.sleep(0)
+            assert log.due == 0, "the reader never waited"
+            gate.put_nowait(None)
+            event = await asyncio.wait_for(reading, 10)  # a guard against a hang, no more
+            assert event["text"] == f"t{n}"
+        assert (await anext(aiter(resumed)))["type"] == "done"
+    assert [e["id"] for e in (await first_reader)["events"]] == ["1", "2", "3", "4", "5", "6"]
 
 
 async def test_continue_policy_runs_to_the_end_for_a_client_to_read_later() -> None:
