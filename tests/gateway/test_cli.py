@@ -18,15 +18,19 @@ from tests.support import TIMEOUT
 SLOW_APP = textwrap.dedent(
     """
     import asyncio
+    import os
     from llmbrick import FlowRegistry
 
     registry = FlowRegistry()
 
     @registry.flow("default")
     async def paced(request):
+        gate = request.metadata.get("gate")
         for n in range(int(request.metadata["n"])):
             yield {"type": "text", "text": f"{n} "}
             await asyncio.sleep(float(request.metadata["pace"]))
+            while gate and n == 3 and not os.path.exists(gate):
+                await asyncio.sleep(0.01)  # held until the test lets it go on
     """
 )
 
@@ -52,7 +56,13 @@ async def test_serve_the_demo_and_call_it_over_every_transport() -> None:
 async def test_graceful_shutdown_lets_running_streams_finish(tmp_path: Path) -> None:
     app = tmp_path / "slow_app.py"
     app.write_text(SLOW_APP)
-    request = {"messages": [{"role": "user", "content": "x"}], "metadata": {"n": 8, "pace": 0.05}}
+    # The streams wait halfway until the test has seen the gateway draining: finished
+    # streams would let it exit before the test asks it anything.
+    gate = tmp_path / "go-on"
+    request = {
+        "messages": [{"role": "user", "content": "x"}],
+        "metadata": {"n": 8, "pace": 0.05, "gate": str(gate)},
+    }
     async with gateway(f"{app}:registry") as served:
         http = served.urls["SSE"].removesuffix("/chat/completions")
         urls = [http, served.urls["WebSocket"], served.urls["gRPC"]]
@@ -73,6 +83,7 @@ async def test_graceful_shutdown_lets_running_streams_finish(tmp_path: Path) -> 
                 assert health.status_code == 503
                 refused = await client.post(served.urls["SSE"], json=request)
                 assert refused.json()["error"]["code"] == "UNAVAILABLE"
+            gate.touch()
         returncode, _ = stopping.result()
     assert returncode == 0
     for task in tasks:
