@@ -65,7 +65,10 @@ async def held(request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
     finally:
         marker = _meta(request).get("marker")
         if marker:
-            Path(marker).write_text(outcome)  # noqa: ASYNC240 - a few bytes
+            # Written whole, then renamed: a test waiting for it never reads it half-written.
+            part = Path(marker).with_suffix(".part")
+            part.write_text(outcome)
+            part.replace(marker)
 
 
 @registry.flow("admin", allow=["admin"])
