@@ -204,7 +204,7 @@ class StreamLog:
 
     @property
     def bytes(self) -> int:
-        """Bytes kept (estimated)."""
+        """Bytes kept (estimated), the events appended directly to :attr:`events` included."""
         self.settle()
         return self._total - self._base
 
@@ -252,6 +252,7 @@ class StreamLog:
         self._woken()
 
     def _woken(self) -> None:
+        # Everything is counted: the next count is due a batch from now.
         self.due = len(self._events) + _BATCH
         waiters = self._waiters
         if waiters:
