@@ -218,9 +218,8 @@ class StreamLog:
         finishes the log."""
         if self.finished:
             return
+        self.settle()
         events = self._events
-        if len(self._ends) < len(events):
-            self.settle()
         total = self._total = self._total + (event_size(event) if size is None else size)
         events.append(event)
         self._ends.append(total)
@@ -237,18 +236,19 @@ class StreamLog:
         oldest go if the log is over them) and wake the readers waiting for them."""
         events = self._events
         ends = self._ends
-        if len(ends) < len(events):
-            total = self._total
-            for event in events[len(ends) :]:
-                text = event.get("text")
-                if type(text) is str and len(event) == 4:
-                    total += 70 + len(text)  # event_size's estimate, without the call
-                else:
-                    total += event_size(event)
-                ends.append(total)
-            self._total = total
-            if len(events) > self.max_events or total - self._base > self.max_bytes:
-                self._trim()
+        if len(ends) == len(events):
+            return  # nothing new (a reader that waits has nothing to be woken for)
+        total = self._total
+        for event in events[len(ends) :]:
+            text = event.get("text")
+            if type(text) is str and len(event) == 4:
+                total += 70 + len(text)  # event_size's estimate, without the call
+            else:
+                total += event_size(event)
+            ends.append(total)
+        self._total = total
+        if len(events) > self.max_events or total - self._base > self.max_bytes:
+            self._trim()
         self._woken()
 
     def _woken(self) -> None:
@@ -313,8 +313,7 @@ class StreamLog:
         readers = self._readers
         if not readers or not self._events:
             return 0
-        if len(self._ends) < len(self._events):
-            self.settle()
+        self.settle()
         if len(readers) == 1:
             index = readers[0].next - self._first
         else:
