@@ -28,12 +28,13 @@ from .app import (
     scope_request_id,
 )
 from .context import context_from_scope, scope_headers
-from .host import HttpServer, uvicorn_config
+from .host import ON_LOST_KEY, HttpServer, uvicorn_config
 from .settings import HttpSettings, TlsFiles, loopback_hosts
 
 __all__ = [
     "CORS_ALLOW_HEADERS",
     "CORS_EXPOSE_HEADERS",
+    "ON_LOST_KEY",
     "RAW_SEND_KEY",
     "HttpServer",
     "HttpSettings",

@@ -16,7 +16,6 @@ import math
 import time
 import types
 from collections.abc import Callable, Generator
-from functools import partial
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -29,98 +28,12 @@ from llmbrick.stream import FlowStream, ResumedStream
 from llmbrick_http import RAW_SEND_KEY, HttpSettings, context_from_scope
 
 from .codec import is_json_content_type
+from .watch import Pinger, Watch
 from .wire import MAX_ECHO, HttpCodec, Opening, Rejected
 
-__all__ = ["KeptStreamEndpoint", "StreamEndpoint", "next_ping", "parse_last_event_id"]
+__all__ = ["KeptStreamEndpoint", "StreamEndpoint", "parse_last_event_id"]
 
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-class _Watch:
-    """Listens for the client going away (ending the stream) and sends keepalive pings.
-
-    The pings run on a timer rather than in the listening task, so an idle
-    stream holds one small task and one timer handle. A ping goes out one
-    interval after the last write.
-    """
-
-    __slots__ = (
-        "_interval",
-        "_loop",
-        "_ping",
-        "_pinging",
-        "_send",
-        "_task",
-        "_timer",
-        "disconnected",
-        "finished",
-        "last_write",
-    )
-
-    def __init__(
-        self,
-        receive: Receive,
-        send: Send,
-        leave: Callable[[], object],
-        ping: bytes,
-        interval: float,
-    ) -> None:
-        self.disconnected = False
-        self.finished = False
-        self.last_write = time.monotonic()
-        self._send = send
-        self._ping: Message = {"type": "http.response.body", "body": ping, "more_body": True}
-        self._interval = interval
-        self._pinging: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._listen(receive, leave))
-        self._timer = self._loop.call_later(interval, self._tick) if interval > 0 else None
-
-    async def _listen(self, receive: Receive, leave: Callable[[], object]) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self.finished:
-                    self.disconnected = True
-                    leave()
-                return
-
-    def _tick(self) -> None:
-        if self.finished:
-            return
-        busy = self._pinging is not None and not self._pinging.done()
-        ping, wait = next_ping(self.last_write, time.monotonic(), self._interval)
-        if ping and not busy:
-            self._pinging = self._loop.create_task(self._send_ping())
-        self._timer = self._loop.call_later(wait, self._tick)
-
-    async def _send_ping(self) -> None:
-        self.last_write = time.monotonic()
-        try:
-            await self._send(self._ping)
-        except OSError:
-            pass  # the client is gone; the listener ends the stream
-
-    def stop(self) -> None:
-        self.finished = True
-        self._task.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._pinging is not None:
-            self._pinging.cancel()
-
-
-def next_ping(last_write: float, now: float, interval: float) -> tuple[bool, float]:
-    """Whether a keepalive is due now, and the seconds until the next check.
-
-    A ping is due one ``interval`` after the last write (of an event or a ping),
-    so a proxy with an idle timeout just above the interval never sees silence
-    longer than the interval.
-    """
-    quiet = now - last_write
-    if quiet >= interval:
-        return True, interval
-    return False, interval - quiet
 
 
 @types.coroutine
@@ -176,6 +89,7 @@ class StreamEndpoint:
         self.codec = codec
         self.max_body_size = max_body_size
         self.ping_interval = ping_interval
+        self.pinger = Pinger(ping_interval) if ping_interval > 0 else None
         self.max_buffer_bytes = max_buffer_bytes
         self.settings = settings or HttpSettings()
         self.streams_path = streams_path
@@ -195,9 +109,9 @@ class StreamEndpoint:
             return
         task = asyncio.current_task()
         assert task is not None
-        ping = self.ping_interval if opening.streaming else 0
+        pinger = self.pinger if opening.streaming else None
         body_send: Send = _raw_send(scope, send)
-        watch = _Watch(receive, body_send, partial(stream.disconnect, task), codec.ping, ping)
+        watch = Watch(scope, receive, body_send, stream, task, codec.ping, pinger)
         try:
             if opening.streaming:
                 await self._stream(stream, opening, send, watch, body_send)
@@ -336,17 +250,8 @@ class StreamEndpoint:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _stream(
-        self,
-        stream: FlowStream | ResumedStream,
-        opening: Opening,
-        send: Send,
-        watch: _Watch,
-        body_send: Send | None = None,
-    ) -> None:
-        """Stream the events: the response start through ``send``, so every middleware
-        sees it, and the body through ``body_send`` (the server's own, when the app
-        hands it over: see ``llmbrick_http.LlmbrickApp``)."""
+    async def _start(self, stream: FlowStream | ResumedStream, send: Send) -> None:
+        # Apart from _stream, so that its headers are not held while the stream runs.
         headers = [
             *self.codec.stream_headers,
             (b"x-llmbrick-stream-id", stream.id.encode()),
@@ -355,6 +260,19 @@ class StreamEndpoint:
         if location is not None:
             headers.append((b"location", location))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _stream(
+        self,
+        stream: FlowStream | ResumedStream,
+        opening: Opening,
+        send: Send,
+        watch: Watch,
+        body_send: Send | None = None,
+    ) -> None:
+        """Stream the events: the response start through ``send``, so every middleware
+        sees it, and the body through ``body_send`` (the server's own, when the app
+        hands it over: see ``llmbrick_http.LlmbrickApp``)."""
+        await self._start(stream, send)
         send = body_send or send
         writer = self.codec.writer(stream, opening)  # type: ignore[arg-type]
         encode = writer.encode
@@ -447,7 +365,7 @@ class StreamEndpoint:
         stream: FlowStream | ResumedStream,
         encode: Any,
         send: Send,
-        watch: _Watch,
+        watch: Watch,
         first: list[bytes],
     ) -> None:
         def framed(event: object) -> tuple[bytes, int]:
@@ -475,7 +393,7 @@ _PLAIN_AFTER = 4
 _PROBE_EVERY = 8
 
 
-def _begin_write(send: Send, frames: list[bytes], watch: _Watch) -> tuple[Any, Any] | None:
+def _begin_write(send: Send, frames: list[bytes], watch: Watch) -> tuple[Any, Any] | None:
     """Start sending ``frames`` in one write: ``None`` if it is done, else its rest to await.
 
     A write is an ASGI send; the server writes at once unless the client's socket
@@ -491,7 +409,7 @@ def _begin_write(send: Send, frames: list[bytes], watch: _Watch) -> tuple[Any, A
     return steps, signal
 
 
-async def _write(send: Send, frames: list[bytes], watch: _Watch) -> bool:
+async def _write(send: Send, frames: list[bytes], watch: Watch) -> bool:
     """Send ``frames`` in one write; True if the write had to wait for the client."""
     rest = _begin_write(send, frames, watch)
     if rest is None:
@@ -631,8 +549,8 @@ class KeptStreamEndpoint:
         task = asyncio.current_task()
         assert task is not None
         body_send: Send = _raw_send(scope, send)
-        leave = partial(resumed.disconnect, task)
-        watch = _Watch(receive, body_send, leave, self.codec.ping, self._sender.ping_interval)
+        pinger = self._sender.pinger
+        watch = Watch(scope, receive, body_send, resumed, task, self.codec.ping, pinger)
         opening = Opening(resumed.flow, None, True)
         try:
             await self._sender._stream(resumed, opening, send, watch, body_send)

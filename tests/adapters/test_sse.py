@@ -13,7 +13,7 @@ import pytest
 from llmbrick import ChatRequest, Event, FlowRegistry, FlowRuntime, Pipeline
 from llmbrick.bricks import EchoLLM, KeywordGuard
 from llmbrick_sse import SSEServer
-from llmbrick_sse.endpoint import next_ping
+from llmbrick_sse.watch import next_ping
 from tests.support import TIMEOUT, bound_socket, parse_sse, quiescent, serve_asgi, sse_events
 
 HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "hello world"}]}
