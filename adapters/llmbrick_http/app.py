@@ -1,6 +1,6 @@
 """The Litestar app every llmbrick HTTP server builds: routes plus the shared policy.
 
-The policy middleware checks the ``Host`` header (DNS rebinding), gives each
+The app checks the ``Host`` header (DNS rebinding), gives each
 request its id (the client's ``x-request-id`` or a new one, echoed in the
 response), and CORS comes from Litestar's own ``CORSConfig``.
 """
@@ -14,7 +14,7 @@ import orjson
 from litestar import Litestar, MediaType, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Send
 
 from llmbrick import ErrorCode
 from llmbrick.context import request_id_for
@@ -34,7 +34,7 @@ __all__ = [
     "scope_request_id",
 ]
 
-#: Where the policy middleware leaves the request id in ``scope["state"]``.
+#: Where the app leaves the request id in ``scope["state"]``.
 REQUEST_ID_KEY = "llmbrick.request_id"
 #: Where :class:`LlmbrickApp` leaves the server's own ``send`` in the scope.
 RAW_SEND_KEY = "llmbrick.send"
@@ -59,39 +59,26 @@ def error_body(error: dict[str, Any]) -> bytes:
 
 
 def scope_request_id(scope: Any) -> str | None:
-    """The request id the policy middleware chose for this scope."""
+    """The request id the app chose for this scope."""
     state = scope.get("state")
     return state.get(REQUEST_ID_KEY) if isinstance(state, dict) else None
 
 
-def _policy(settings: HttpSettings) -> Callable[[ASGIApp], ASGIApp]:
-    def middleware(app: ASGIApp) -> ASGIApp:
-        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-            kind = scope["type"]
-            if kind not in ("http", "websocket"):
-                await app(scope, receive, send)
-                return
-            headers = scope_headers(scope)
-            host = headers.get("host")
-            if not settings.host_allowed(host):
-                await _refuse_host(scope, send, host or "")
-                return
-            request_id = request_id_for(headers)
-            state = scope.setdefault("state", {})
-            state[REQUEST_ID_KEY] = request_id
-            echo = (b"x-request-id", request_id.encode())
+class _EchoId:
+    """``send``, adding the request id to the response start (an object of two slots,
+    where a closure with its header would hold about three times as much per request)."""
 
-            async def send_with_id(message: Message) -> None:
-                if message["type"] in ("http.response.start", "websocket.accept"):
-                    message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"], echo]
-                await send(message)
+    __slots__ = ("_request_id", "_send")
 
-            await app(scope, receive, send_with_id)
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._request_id = request_id
 
-        return guarded
-
-    return middleware
+    async def __call__(self, message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept"):
+            echo = (b"x-request-id", self._request_id.encode())
+            message["headers"] = [*message.get("headers", ()), echo]
+        await self._send(message)
 
 
 async def _refuse_host(scope: Any, send: Send, host: str) -> None:
@@ -139,18 +126,42 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 
 class LlmbrickApp(Litestar):
-    """A Litestar app that also hands its streaming routes the server's own ``send``.
+    """A Litestar app with llmbrick's request policy, handing its streaming routes the
+    server's own ``send``.
 
-    Every middleware on the way (Litestar's exception handling, CORS, the request
-    id) only looks at the response start, yet each wraps ``send`` in a coroutine
-    that every body chunk then passes through: a few microseconds per event. The
-    streaming endpoints send the start through the wrapped ``send`` and the body
-    straight to the server. Mounted in another app, they use the wrapped one.
+    Every request first has its ``Host`` header checked (DNS rebinding) and gets its
+    id (the client's ``x-request-id`` or a new one, echoed in the response). This is
+    done here rather than in a middleware, which would be one more coroutine frame
+    held by every open stream.
+
+    Every middleware on the way (Litestar's exception handling, CORS) only looks at
+    the response start, yet each wraps ``send`` in a coroutine that every body chunk
+    then passes through: a few microseconds per event. The streaming endpoints send
+    the start through the wrapped ``send`` and the body straight to the server.
+    Mounted in another app, they use the wrapped one.
+
+    Args:
+        http_settings: the policy's settings (allowed hosts).
+        *args, **kwargs: Litestar's.
     """
 
+    def __init__(self, *args: Any, http_settings: HttpSettings | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.http_settings = http_settings or HttpSettings()
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope[RAW_SEND_KEY] = send
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            headers = scope_headers(scope)
+            host = headers.get("host")
+            if not self.http_settings.host_allowed(host):
+                await _refuse_host(scope, send, host or "")
+                return
+            request_id = request_id_for(headers)
+            scope.setdefault("state", {})[REQUEST_ID_KEY] = request_id
+            if kind == "http":
+                scope[RAW_SEND_KEY] = send
+            send = _EchoId(send, request_id)
         await super().__call__(scope, receive, send)
 
 
@@ -175,7 +186,7 @@ def build_app(
         openapi_config=None,
         logging_config=None,
         cors_config=cors,
-        middleware=[_policy(settings)],
+        http_settings=settings,
         exception_handlers={HTTPException: http_error_handler},
         on_shutdown=list(on_shutdown),
     )
