@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -245,19 +245,21 @@ def current_context() -> RequestContext | None:
     return _current.get()
 
 
-def _bind(context: RequestContext) -> Callable[[], None]:
-    """Make ``context`` current in the task running the flow; returns the undo (the runtime's job).
+def _bind(context: RequestContext) -> tuple[Token[RequestContext | None], Any]:
+    """Make ``context`` current in the task running the flow; returns what :func:`_unbind`
+    needs to undo it (the runtime's job).
 
     The flow runs inside the consumer's task, so the variable is set in that
     task's context and must be put back when the stream ends.
     """
     previous = _current.get()
-    token = _current.set(context)
+    return _current.set(context), previous
 
-    def unbind() -> None:
-        try:
-            _current.reset(token)
-        except ValueError:  # closed from another task than the one it started in
-            _current.set(previous)
 
-    return unbind
+def _unbind(bound: tuple[Token[RequestContext | None], Any]) -> None:
+    """Undo :func:`_bind`."""
+    token, previous = bound
+    try:
+        _current.reset(token)
+    except ValueError:  # closed from another task than the one it started in
+        _current.set(previous)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -103,6 +104,8 @@ class FlowRuntime:
         self.on_disconnect = on_disconnect
         self.grace = grace
         self._streams: dict[str, FlowStream] = {}
+        #: The current-task lookup of the loop last served (see ``stream._task_lookup``).
+        self._task_lookup: tuple[Any, Callable[[], asyncio.Task[Any] | None]] | None = None
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()

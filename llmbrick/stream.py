@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from pydantic import BaseModel
 
-from .context import RequestContext, _bind, new_id
+from .context import RequestContext, _bind, _unbind, new_id
 from .errors import DeadlineExceeded, ErrorCode, LLMBrickError, Unavailable
 from .events import ErrorInfo, Event, event_problem
 from .observe import StreamResult
@@ -317,11 +317,11 @@ class FlowStream:
         # The client's own deadline (context.deadline) is its transport's to enforce
         # (gRPC cancels the call); flows may read it to budget their work.
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        current_task = _task_lookup()
+        current_task = _task_lookup(runtime)
         seq = 0
         turn = FAIR_SLICE
         outcome = ErrorCode.CANCELLED.value
-        unbind = _bind(context)
+        bound = _bind(context)
         principal = context.principal.id if context.principal is not None else "-"
         fields = {
             "stream_id": self.id,
@@ -346,7 +346,7 @@ class FlowStream:
             error: ErrorInfo | None = None
             try:
                 flow = spec.handler(self.request)
-                async with aclosing(flow):  # type: ignore[type-var]
+                try:  # aclosing() would be one more object held while the flow runs
                     next_event = flow.__anext__
                     while True:
                         if self._stopping:
@@ -407,6 +407,10 @@ class FlowStream:
                                     await keep.room()
                                 continue
                         yield stamped
+                finally:
+                    close = getattr(flow, "aclose", None)
+                    if close is not None:
+                        await close()
             except _Stopped:
                 error = self._stopping or Unavailable("the server is shutting down").to_info()
             except _Deadline:
@@ -447,7 +451,7 @@ class FlowStream:
                 why = "the client went away" if self._driver is None else "the run was stopped"
                 _end_log(keep, appended, why)
             self._release()
-            unbind()
+            _unbind(bound)
             duration = time.monotonic() - started
             # A stream closed before its terminal event delivered `seq` events, not more.
             log.info(
@@ -498,16 +502,21 @@ def _end_log(
         appended(log, ended)
 
 
-def _task_lookup() -> Callable[[], asyncio.Task[Any] | None]:
+def _task_lookup(runtime: FlowRuntime) -> Callable[[], asyncio.Task[Any] | None]:
     """A cheap ``asyncio.current_task`` for the per-event path.
 
     Before Python 3.12 ``current_task`` is written in Python and costs about a
-    microsecond; the loop's entry in asyncio's task table is the same answer.
+    microsecond; the loop's entry in asyncio's task table is the same answer. The
+    runtime keeps the lookup of its loop, so a stream does not hold one of its own.
     """
     table = getattr(asyncio.tasks, "_current_tasks", None)
     if sys.version_info >= (3, 12) or not isinstance(table, dict):
         return asyncio.current_task
-    return partial(table.get, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    cached = runtime._task_lookup
+    if cached is None or cached[0] is not loop:
+        cached = runtime._task_lookup = (loop, partial(table.get, loop))
+    return cached[1]
 
 
 class _Deadline(Exception):
