@@ -140,9 +140,12 @@ async def _open_store(runtime: Any) -> None:
         await runtime.store.open()
 
 
-def _uvicorn(app: Any, runtime: Any = None, *, ours: bool = True, **options: Any) -> None:
+def _uvicorn(
+    app: Any, runtime: Any = None, *, ours: bool = True, http: Any = None, **options: Any
+) -> None:
     """Serve ``app`` on uvicorn; ``runtime``: open its store first, in the server's loop;
-    ``ours``: set up the garbage collector as llmbrick's servers do."""
+    ``ours``: as llmbrick's servers run (their HTTP protocol with the limits of ``http``, the
+    garbage collector set up), else uvicorn's own httptools protocol, as a bare app would."""
     import uvicorn
     import uvloop
 
@@ -155,7 +158,16 @@ def _uvicorn(app: Any, runtime: Any = None, *, ours: bool = True, **options: Any
         **options,
     }
     sock = _listen()
-    server = uvicorn.Server(uvicorn.Config(app, **settings))
+    if ours:
+        from llmbrick_http import HttpSettings, uvicorn_config
+
+        # No cap on open connections: idle10000 opens exactly the default cap's number.
+        limits = (http or HttpSettings()).with_options(max_connections=None)
+        del settings["http"]
+        config = uvicorn_config(app, limits, **{"lifespan": "on", **settings})
+    else:
+        config = uvicorn.Config(app, **settings)
+    server = uvicorn.Server(config)
 
     async def serve() -> None:
         if runtime is not None:
@@ -172,14 +184,14 @@ def _serve_sse(target: Any) -> None:
     from llmbrick_sse import SSEServer
 
     server = SSEServer(target)
-    _uvicorn(server.app, server.runtime, ws="none")
+    _uvicorn(server.app, server.runtime, http=server.http, ws="none")
 
 
 def _serve_ws() -> None:
     from llmbrick_websocket import WebSocketServer
 
     server = WebSocketServer(_flows())
-    _uvicorn(server.app, **server.uvicorn_options())
+    _uvicorn(server.app, http=server.http, **server.uvicorn_options())
 
 
 async def _serve_grpc(target: Any) -> None:
