@@ -141,9 +141,10 @@ def _guarded_protocol(settings: HttpSettings) -> type[asyncio.Protocol]:
             self._disarm()
             self._in_head = False
             self._head_bytes = self._raw_head = 0
+            previous = self.cycle
             super().on_headers_complete()
             cycle = self.cycle
-            if cycle is not None:
+            if cycle is not None and cycle is not previous:  # not an upgrade: a new request
                 # Nothing has waited on it yet: the request's task starts on the next turn.
                 cycle.message_event = _Event(False)  # type: ignore[assignment]
                 self.scope[ON_LOST_KEY] = self.on_lost  # type: ignore[literal-required]

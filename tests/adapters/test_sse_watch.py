@@ -141,3 +141,40 @@ async def test_the_watch_unhooks_itself_so_a_later_loss_does_not_reach_it() -> N
     assert hooked == [] and left == []
     watch()  # a loss reported after the end (a race with the last write) changes nothing
     assert left == [] and not watch.disconnected
+
+
+async def test_a_second_request_on_a_kept_alive_connection_is_watched_too() -> None:
+    # The first response's watch is unhooked when it ends; the second's alone is called.
+    started, ended = asyncio.Event(), asyncio.Event()
+    finished: list[bool] = []
+
+    async def flow(request: ChatRequest) -> AsyncIterator[Event]:
+        yield {"type": "text", "text": "a"}
+        if (request.metadata or {}).get("hold"):
+            try:
+                started.set()
+                await asyncio.get_running_loop().create_future()
+            finally:
+                ended.set()
+        finished.append(True)
+
+    registry = FlowRegistry()
+    registry.register("default", flow)
+    server = SSEServer(FlowRuntime(registry))
+    quick = b'{"messages":[{"role":"user","content":"hi"}]}'
+    held = b'{"messages":[{"role":"user","content":"hi"}],"metadata":{"hold":true}}'
+    async with serve_asgi(server.app) as address:
+        host, port = address.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for body in (quick, held):
+            writer.write(
+                b"POST /chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            if body is quick:
+                # The whole first response: its chunked body ends with an empty chunk.
+                await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), TIMEOUT)
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        writer.close()
+        await asyncio.wait_for(ended.wait(), TIMEOUT)
+    assert finished == [True]  # the first flow ran to its end; the second was cancelled
