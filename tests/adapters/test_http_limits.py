@@ -129,6 +129,11 @@ async def test_only_allowed_hosts_are_served() -> None:
             refused = await client.get("/healthz", headers={"host": "rebound.attacker.test"})
             assert refused.status_code == 400
             assert "not served here" in refused.json()["error"]["message"]
+            # Before any routing: a path with no route says nothing to another host either.
+            unrouted = await client.get("/no/such/path", headers={"host": "evil.test"})
+            assert unrouted.status_code == 400
+            routed = await client.get("/no/such/path", headers={"host": "localhost"})
+            assert routed.status_code == 404
 
 
 async def test_cross_site_simple_requests_are_refused() -> None:
