@@ -144,7 +144,8 @@ async def test_the_watch_unhooks_itself_so_a_later_loss_does_not_reach_it() -> N
 
 
 async def test_a_second_request_on_a_kept_alive_connection_is_watched_too() -> None:
-    # The first response's watch is unhooked when it ends; the second's alone is called.
+    # The protocol hooks each request's watch in turn: the second stream's client leaving
+    # reaches the second flow. (That an ended watch unhooks itself is the test above.)
     started, ended = asyncio.Event(), asyncio.Event()
     finished: list[bool] = []
 
